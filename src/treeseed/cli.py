@@ -1,0 +1,259 @@
+"""The ``treeseed`` command: argument parsing and printing, nothing more.
+
+Each subcommand is a few lines that call the library (:mod:`treeseed.fetch`,
+:mod:`treeseed.cache`) and print its result. Heavy modules are imported inside the command
+that needs them, so a no-op run costs little more than starting Python. Every
+:class:`~treeseed.errors.TreeseedError` becomes one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import TreeseedError
+
+ALL_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "archive-sha256")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except TreeseedError as exc:
+        print(f"treeseed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("treeseed: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
+                        help="cache root (default: $TREESEED_CACHE_DIR or the user cache dir)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="treeseed", parents=[common],
+        description="Fetch source packages by content hash into a verified global cache.",
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("hash", parents=[common], help="print the hashes of a directory or archive")
+    p.add_argument("path", type=Path, help="a directory or an archive")
+    p.add_argument("--format", action="append", choices=ALL_FORMATS, dest="formats",
+                   help="format(s) to print (default bt2; repeatable)")
+    p.add_argument("--json", action="store_true", help="print every format as one JSON object")
+    p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
+    p.set_defaults(run=cmd_hash)
+
+    p = sub.add_parser("fetch", parents=[common], help="fetch a package into the cache")
+    p.add_argument("url", help="http(s)://, file:// URL or a local path (archive or directory)")
+    p.add_argument("--hash", dest="expected", help="expected bt2 hash: refuse anything else")
+    p.add_argument("--format", action="append", choices=ALL_FORMATS, dest="formats", default=[],
+                   help="also compute and record this format (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
+    p.set_defaults(run=cmd_fetch)
+
+    cache = sub.add_parser("cache", parents=[common], help="inspect and maintain the cache")
+    csub = cache.add_subparsers(metavar="ACTION")
+    p = csub.add_parser("list", parents=[common], help="list cached packages")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_cache_list)
+    p = csub.add_parser("verify", parents=[common], help="re-hash packages, report corruption")
+    p.add_argument("hashes", nargs="*", metavar="HASH")
+    p.set_defaults(run=cmd_cache_verify)
+    p = csub.add_parser("rm", parents=[common], help="remove packages")
+    p.add_argument("hashes", nargs="+", metavar="HASH")
+    p.set_defaults(run=cmd_cache_rm)
+    p = csub.add_parser("gc", parents=[common],
+                        help="remove packages unused for a while and stale temporary files")
+    p.add_argument("--older-than", default="30d",
+                   help="unused for this long: 90s, 45m, 12h, 30d (default 30d); 0 removes all")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(run=cmd_cache_gc)
+    cache.set_defaults(run=lambda a: cache.print_help() or 2)
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _cache(args: argparse.Namespace):
+    from .cache import Cache
+
+    return Cache(getattr(args, "cache_dir", None))
+
+
+def _limits(args: argparse.Namespace):
+    from .unpack import Limits, parse_size
+
+    raw = getattr(args, "max_size", None)
+    return Limits.from_env(parse_size(raw) if raw else None)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False))
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if getattr(args, "verbose", 0):
+        print(text, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from .fetch import hash_path
+
+    formats = list(ALL_FORMATS) if args.json else (args.formats or ["bt2"])
+    if args.json and not _is_archive(args.path):
+        formats.remove("archive-sha256")
+    report = hash_path(args.path, _cache(args), formats, _limits(args))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0
+    for fmt in formats:
+        value = report.hashes[fmt]
+        print(value if len(formats) == 1 else f"{fmt}\t{value}")
+    return 0
+
+
+def _is_archive(path: Path) -> bool:
+    return path.exists() and not path.is_dir()
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch import fetch
+
+    with _progress(args) as progress:
+        result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args), progress)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    elif not _quiet(args):
+        print(f"{result.hash}\t{result.path}")
+        for fmt in args.formats:
+            if fmt in result.formats:
+                print(f"{fmt}\t{result.formats[fmt]}")
+    return 0
+
+
+class _progress:
+    """A rich progress bar on a terminal for large downloads; nothing otherwise."""
+
+    THRESHOLD = 4 << 20
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.enabled = sys.stderr.isatty() and not _quiet(args) and not getattr(args, "json", False)
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> Callable[[int, int | None], None] | None:
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            if (total or done) < self.THRESHOLD:
+                return
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self._bar = Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("download", total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    packages = _cache(args).list()
+    if args.json:
+        print(json.dumps([p.__dict__ for p in packages], indent=2))
+        return 0
+    for p in packages:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_used))
+        label = f"{p.name} {p.version or ''}".strip() if p.name else (p.source or "")
+        print(f"{p.hash}  {_human(p.size):>9}  {p.files:>7} files  {used}  {label}")
+    if not _quiet(args):
+        total = sum(p.size for p in packages)
+        print(f"{len(packages)} packages, {_human(total)}", file=sys.stderr)
+    return 0
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    bad = 0
+    checked = 0
+    for package_hash, problem in _cache(args).verify(args.hashes):
+        checked += 1
+        if problem:
+            bad += 1
+            print(f"CORRUPT {package_hash}: {problem}; remove it with "
+                  f"'treeseed cache rm {package_hash}' and fetch it again")
+        else:
+            _say(args, f"ok {package_hash}")
+    if not _quiet(args):
+        print(f"{checked} checked, {bad} corrupt", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_cache_rm(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    missing = [h for h in args.hashes if not cache.remove(h)]
+    for h in missing:
+        print(f"treeseed: {h} is not in the cache", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_cache_gc(args: argparse.Namespace) -> int:
+    seconds = parse_duration(args.older_than)
+    removed, stale = _cache(args).gc(seconds, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for h in removed:
+        print(f"{verb} {h}")
+    for path in stale:
+        print(f"{verb} {path}")
+    if not _quiet(args):
+        print(f"{len(removed)} packages, {len(stale)} temporary entries {verb}", file=sys.stderr)
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    raw = text.strip().lower()
+    unit = raw[-1] if raw[-1:] in units else "s"
+    number = raw[:-1] if raw[-1:] in units else raw
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise TreeseedError(f"--older-than {text!r}: not a duration (examples: 90s, 12h, 30d)") from None
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

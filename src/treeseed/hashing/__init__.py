@@ -1,0 +1,142 @@
+"""Tree hashes in every format treeseed speaks, computed in one read of each file.
+
+Formats are named ``bt2`` (the package hash, :mod:`.bt2`), ``zig`` (:mod:`.zig`), ``nar``
+(:mod:`.nar`), ``git`` and ``swhid`` (:mod:`.gittree`). Each format is a :class:`TreeFormat`
+made for one tree; formats that hash file by file hand out a per-file hasher, and
+:func:`hash_tree` streams every regular file exactly once through all of them, on a thread per
+core (hashlib releases the GIL on large buffers). A format whose digest is one ordered stream
+over the whole tree (NAR) does its own pass in :meth:`TreeFormat.finish`.
+
+>>> hash_tree(Path("pkg"), scan_tree(Path("pkg"), "pkg"), ["bt2", "git"])  # doctest: +SKIP
+{'bt2': 'bt2-…', 'git': '…'}
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from ..errors import TreeseedError
+from ..package import Entry
+from . import bt2
+
+#: Every tree format, in the order ``treeseed hash --json`` prints them.
+TREE_FORMATS = ("bt2", "zig", "nar", "git", "swhid")
+#: What ``--format`` accepts: the tree formats plus the digest of an archive's raw bytes.
+ALL_FORMATS = TREE_FORMATS + ("archive-sha256",)
+
+READ_CHUNK = 1 << 20
+
+
+class FileHasher(Protocol):
+    """Consumes one regular file's bytes in order; ``finish`` returns the format's per-file value."""
+
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+class TreeFormat(Protocol):
+    """One hash format, bound to one tree (so it can read that tree's own manifest)."""
+
+    name: str
+
+    def file_hasher(self, entry: Entry) -> FileHasher | None:
+        """A hasher for this regular file, or None when the format ignores the file."""
+
+    def finish(self, root: Path, entries: Sequence[Entry], digests: dict[str, Any]) -> str:
+        """Combine the per-file values (keyed by path) into the tree's hash string."""
+
+
+class Bt2Format:
+    """The package hash as a :class:`TreeFormat`."""
+
+    name = "bt2"
+
+    def __init__(self, root: Path, source: str = "") -> None:
+        self.source = source or str(root)
+
+    def file_hasher(self, entry: Entry) -> bt2.MerkleHasher:
+        return bt2.MerkleHasher()
+
+    def finish(self, root: Path, entries: Sequence[Entry], digests: dict[str, Any]) -> str:
+        return bt2.info_hash(entries, digests, self.source)
+
+
+def make_format(name: str, root: Path, source: str = "") -> TreeFormat:
+    """Instantiate format ``name`` for the tree at ``root``."""
+    if name == "bt2":
+        return Bt2Format(root, source)
+    if name == "zig":
+        from .zig import ZigFormat
+
+        return ZigFormat(root, source)
+    if name == "nar":
+        from .nar import NarFormat
+
+        return NarFormat(root, source)
+    if name in ("git", "swhid"):
+        from .gittree import GitTreeFormat
+
+        return GitTreeFormat(root, source, swhid=name == "swhid")
+    raise TreeseedError(f"unknown hash format {name!r}; known: {', '.join(ALL_FORMATS)}")
+
+
+def hash_tree(
+    root: Path,
+    entries: Sequence[Entry],
+    formats: Sequence[str] = ("bt2",),
+    source: str = "",
+    workers: int | None = None,
+) -> dict[str, str]:
+    """Hash the tree at ``root`` (already scanned into ``entries``) in each of ``formats``."""
+    fmts = [make_format(name, root, source) for name in dict.fromkeys(formats)]
+    digests = hash_files(root, entries, fmts, workers)
+    return {f.name: f.finish(root, entries, digests[f.name]) for f in fmts}
+
+
+def hash_files(
+    root: Path, entries: Sequence[Entry], fmts: Sequence[TreeFormat], workers: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Read each regular file once, feeding every format that wants it; values keyed by path."""
+    jobs: list[tuple[Entry, list[tuple[str, FileHasher]]]] = []
+    for entry in entries:
+        if entry.is_symlink:
+            continue
+        hashers = [(f.name, h) for f in fmts if (h := f.file_hasher(entry)) is not None]
+        if hashers:
+            jobs.append((entry, hashers))
+    out: dict[str, dict[str, Any]] = {f.name: {} for f in fmts}
+    base = os.fsencode(root)
+
+    def run(job: tuple[Entry, list[tuple[str, FileHasher]]]) -> None:
+        entry, hashers = job
+        feed_file(os.path.join(base, os.fsencode(entry.path)), [h.update for _, h in hashers])
+        for name, h in hashers:
+            out[name][entry.path] = h.finish()
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers == 1 or len(jobs) < 2:
+        for job in jobs:
+            run(job)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treeseed-hash") as pool:
+            for _ in pool.map(run, jobs, chunksize=16):
+                pass
+    return out
+
+
+def feed_file(path: bytes | str, sinks: Sequence[Callable[[memoryview], None]]) -> int:
+    """Stream a file through ``sinks`` in 1 MiB reads into one reused buffer; return its size."""
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            chunk = view[:n]
+            for sink in sinks:
+                sink(chunk)
+            total += n
+    return total

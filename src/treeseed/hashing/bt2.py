@@ -1,0 +1,188 @@
+"""The treeseed package hash: the BitTorrent v2 (BEP 52) info-hash of a canonical torrent.
+
+Each regular file is cut into 16 KiB blocks; a block's leaf is SHA-256 of its bytes (the last
+block is hashed short, not padded). A file's *pieces root* is the merkle root over its leaves,
+padded with all-zero leaves to a power of two. The canonical info dict is::
+
+    {"file tree": ..., "meta version": 2, "name": "package", "piece length": 262144}
+
+with ``{"": {"length": N, "pieces root": R}}`` per file (no root when N is 0, ``"attr": "x"``
+when executable) and ``{"": {"attr": "xl", "symlink path": [...]}}`` per symlink, the target
+resolved relative to the package root. The info-hash is SHA-256 of the bencoded dict, which
+libtorrent's ``create_torrent(..., flags=v2_only)`` reproduces exactly (tests/test_bt2.py).
+
+:class:`MerkleHasher` is fed bytes as they stream past (while unpacking, while copying), so the
+hash costs no second pass over the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from ..package import Entry, resolve_link
+from .bencode import Bencodable, bencode
+
+BLOCK_SIZE = 16 * 1024
+PIECE_LENGTH = 256 * 1024
+BLOCKS_PER_PIECE = PIECE_LENGTH // BLOCK_SIZE
+TORRENT_NAME = "package"
+PREFIX = "bt2-"
+
+_sha256 = hashlib.sha256
+_ZERO = bytes(32)
+
+
+def _zero_hashes(levels: int) -> list[bytes]:
+    """Root of an all-zero-leaf subtree for each height: padding for an odd layer."""
+    out = [_ZERO]
+    for _ in range(levels):
+        out.append(_sha256(out[-1] + out[-1]).digest())
+    return out
+
+
+_ZERO_AT = _zero_hashes(64)
+_PIECE_LEVEL = BLOCKS_PER_PIECE.bit_length() - 1  # 16 leaves per piece: level 4
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """A file's merkle summary: its pieces root and, for multi-piece files, its piece layer."""
+
+    size: int
+    root: bytes | None
+    piece_layer: bytes = b""
+
+
+class MerkleHasher:
+    """Streaming BEP 52 hasher for one file: feed chunks with :meth:`update`, then :meth:`finish`.
+
+    Whole 16 KiB blocks are hashed straight from the caller's buffer; only a trailing partial
+    block is copied. hashlib drops the GIL for these buffers, so several hashers can run on
+    several cores at once.
+    """
+
+    __slots__ = ("_leaves", "_partial", "size")
+
+    def __init__(self) -> None:
+        self._leaves: list[bytes] = []
+        self._partial = bytearray()
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        n = len(view)
+        if not n:
+            return
+        self.size += n
+        start = 0
+        if self._partial:
+            need = BLOCK_SIZE - len(self._partial)
+            self._partial += view[:need]
+            if len(self._partial) < BLOCK_SIZE:
+                return
+            self._leaves.append(_sha256(self._partial).digest())
+            self._partial.clear()
+            start = need
+        whole_end = start + (n - start) // BLOCK_SIZE * BLOCK_SIZE
+        append = self._leaves.append
+        for off in range(start, whole_end, BLOCK_SIZE):
+            append(_sha256(view[off : off + BLOCK_SIZE]).digest())
+        if whole_end < n:
+            self._partial += view[whole_end:]
+
+    def finish(self) -> FileDigest:
+        if self._partial:
+            self._leaves.append(_sha256(self._partial).digest())
+            self._partial.clear()
+        if not self._leaves:
+            return FileDigest(0, None)
+        root, layer = merkle_root(self._leaves)
+        return FileDigest(self.size, root, layer if self.size > PIECE_LENGTH else b"")
+
+
+def merkle_root(leaves: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """Return (root, piece layer) of ``leaves`` padded with zero leaves to a power of two.
+
+    Padding an odd layer with the zero-subtree hash of that height is the same as padding the
+    leaves themselves, without materialising the padding. The piece layer is the layer where
+    each node covers one 256 KiB piece, as BEP 52's ``piece layers`` stores it.
+    """
+    layer = list(leaves)
+    height = (len(layer) - 1).bit_length()  # the padded leaf count is 1 << height
+    piece_layer = b""
+    for level in range(height):
+        if level == _PIECE_LEVEL:
+            piece_layer = b"".join(layer)
+        if len(layer) % 2:
+            layer.append(_ZERO_AT[level])
+        layer = [_sha256(layer[i] + layer[i + 1]).digest() for i in range(0, len(layer), 2)]
+    return layer[0], piece_layer
+
+
+def hash_bytes(data: bytes) -> FileDigest:
+    """The merkle summary of an in-memory file (tests, small files)."""
+    h = MerkleHasher()
+    h.update(data)
+    return h.finish()
+
+
+def file_tree(entries: Iterable[Entry], digests: dict[str, FileDigest], source: str) -> dict:
+    """Build the BEP 52 ``file tree`` dict for ``entries`` (digests keyed by path)."""
+    tree: dict = {}
+    for entry in entries:
+        node = tree
+        for part in entry.path.split("/"):
+            node = node.setdefault(part, {})
+        node[""] = _leaf(entry, digests, source)
+    return tree
+
+
+def _leaf(entry: Entry, digests: dict[str, FileDigest], source: str) -> dict[str, Bencodable]:
+    if entry.is_symlink:
+        assert entry.target is not None
+        return {"attr": "xl", "symlink path": resolve_link(entry.path, entry.target, source)}
+    digest = digests[entry.path]
+    leaf: dict[str, Bencodable] = {"length": digest.size}
+    if digest.root is not None:
+        leaf["pieces root"] = digest.root
+    if entry.executable:
+        leaf["attr"] = "x"
+    return leaf
+
+
+def info_dict(entries: Iterable[Entry], digests: dict[str, FileDigest], source: str = "") -> dict:
+    return {
+        "file tree": file_tree(entries, digests, source),
+        "meta version": 2,
+        "name": TORRENT_NAME,
+        "piece length": PIECE_LENGTH,
+    }
+
+
+def info_hash(entries: Iterable[Entry], digests: dict[str, FileDigest], source: str = "") -> str:
+    """The package hash, ``bt2-<64 hex>``."""
+    raw = _sha256(bencode(info_dict(entries, digests, source))).hexdigest()
+    return PREFIX + raw
+
+
+def torrent_bytes(entries: Sequence[Entry], digests: dict[str, FileDigest], source: str = "") -> bytes:
+    """A complete v2-only .torrent (info dict plus piece layers) for seeding the package."""
+    layers = {d.root: d.piece_layer for d in digests.values() if d.piece_layer and d.root}
+    return bencode({"info": info_dict(entries, digests, source), "piece layers": layers})
+
+
+def magnet(package_hash: str) -> str:
+    """The swarm address of a package: a BEP 52 magnet link (multihash 0x12 0x20 = sha2-256)."""
+    return f"magnet:?xt=urn:btmh:1220{hex_of(package_hash)}"
+
+
+def hex_of(package_hash: str) -> str:
+    """The 64 hex digits of a ``bt2-`` hash (accepting bare hex too)."""
+    return package_hash[len(PREFIX):] if package_hash.startswith(PREFIX) else package_hash
+
+
+def is_bt2(value: str) -> bool:
+    raw = hex_of(value)
+    return value.startswith(PREFIX) and len(raw) == 64 and all(c in "0123456789abcdef" for c in raw)

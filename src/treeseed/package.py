@@ -1,0 +1,201 @@
+"""What a package tree is: its entries, the rules for their names, and the normalisation pass.
+
+A package is a set of :class:`Entry` (regular files and symbolic links only) below one root
+directory. Directories are implied by paths, so an empty directory can never be part of a
+package. Every module that produces or consumes trees (unpacking, hashing, the cache) speaks
+in these entries, which is what makes "the hash matches, so the tree matches" checkable.
+
+>>> entries = scan_tree(Path("some/dir"), source="some/dir")   # doctest: +SKIP
+>>> [e.path for e in entries]                                   # doctest: +SKIP
+['build.py', 'src/main.c']
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+from .errors import BadPackage
+
+#: Longest path (in UTF-8 bytes) and deepest nesting a package may contain. Real source trees
+#: stay far below both; an archive beyond them is hostile or broken.
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 128
+
+EntryKind = Literal["file", "symlink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One member of a package.
+
+    ``path`` is relative, ``/``-separated and already validated (see :func:`check_path`).
+    For symlinks ``target`` is the link's text exactly as written on disk; ``size`` is 0.
+    ``executable`` is the owner-executable bit, the only mode bit a package keeps.
+    """
+
+    path: str
+    kind: EntryKind
+    size: int = 0
+    executable: bool = False
+    target: str | None = None
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == "symlink"
+
+
+def check_path(path: str, source: str) -> str:
+    """Return ``path`` when it is a valid package path, else raise :class:`BadPackage`.
+
+    Valid means: relative, no empty, ``.`` or ``..`` component, no backslash (libtorrent and
+    Windows read it as a separator), no control character (libtorrent mangles them), valid
+    UTF-8 (the caller decodes with ``surrogateescape``; surrogates mark undecodable bytes),
+    and within the length and depth limits.
+    """
+    if not path:
+        raise BadPackage(source, path, "empty path")
+    if path.startswith("/"):
+        raise BadPackage(source, path, "absolute path: entries must be relative to the package")
+    parts = path.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise BadPackage(source, path, f"nested {len(parts)} levels deep (limit {MAX_DEPTH})")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPackage(source, _printable(path), "name is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise BadPackage(source, path[:80] + "...", f"path longer than {MAX_PATH_BYTES} bytes")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise BadPackage(source, path, f"path component {part!r} is not allowed")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise BadPackage(source, path, f"name longer than {MAX_COMPONENT_BYTES} bytes")
+    if "\\" in path:
+        raise BadPackage(source, path, "backslash in name")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise BadPackage(source, _printable(path), "control character in name")
+    return path
+
+
+def _printable(path: str) -> str:
+    """Render a bad name so an error message can show it without breaking the terminal."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def resolve_link(path: str, target: str, source: str) -> list[str]:
+    """Resolve a symlink's target to components relative to the package root.
+
+    The target is read relative to the link's own directory and normalised lexically, which is
+    how the hash records it (BEP 52 ``symlink path``). A target that is absolute or leaves the
+    package is an error: such a link would make the tree depend on the machine it lands on.
+    """
+    if target.startswith("/"):
+        raise BadPackage(source, path, f"symlink to absolute path {target!r} escapes the package")
+    if not target:
+        raise BadPackage(source, path, "symlink with an empty target")
+    if "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        raise BadPackage(source, path, f"symlink target {_printable(target)!r} has a bad character")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if joined == ".":
+        return []
+    if joined == ".." or joined.startswith("../"):
+        raise BadPackage(source, path, f"symlink target {target!r} escapes the package")
+    return joined.split("/")
+
+
+def scan_tree(
+    root: Path, source: str, keep: Callable[[str], bool] | None = None
+) -> list[Entry]:
+    """List the package entries below ``root``, sorted by path bytes, never following links.
+
+    ``keep`` filters paths (the manifest's rules); excluded entries are skipped whatever their
+    type, so an excluded fifo is not an error. Directories contribute nothing themselves.
+    """
+    entries: list[Entry] = []
+    _scan(os.fsencode(root), "", source, keep, entries)
+    entries.sort(key=lambda e: e.path.encode("utf-8"))
+    return entries
+
+
+def _scan(
+    root: bytes, prefix: str, source: str, keep: Callable[[str], bool] | None, out: list[Entry]
+) -> None:
+    with os.scandir(os.path.join(root, os.fsencode(prefix)) if prefix else root) as it:
+        for de in it:
+            name = os.fsdecode(de.name)
+            path = f"{prefix}/{name}" if prefix else name
+            st = de.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                check_path(path, source)
+                _scan(root, path, source, keep, out)
+                continue
+            if keep is not None and not keep(path):
+                continue
+            check_path(path, source)
+            out.append(entry_from_stat(de.path, path, st, source))
+
+
+def entry_from_stat(fs_path: str | bytes, path: str, st: os.stat_result, source: str) -> Entry:
+    """Turn an ``lstat`` result into an :class:`Entry`, rejecting devices, fifos and sockets."""
+    if stat.S_ISREG(st.st_mode):
+        return Entry(path, "file", st.st_size, bool(st.st_mode & stat.S_IXUSR))
+    if stat.S_ISLNK(st.st_mode):
+        target = os.fsdecode(os.readlink(fs_path))
+        resolve_link(path, target, source)
+        return Entry(path, "symlink", 0, False, target)
+    kind = {stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device"}.get(stat.S_IFMT(st.st_mode), "not a file")
+    raise BadPackage(source, path, f"{kind}: packages hold only regular files and symlinks")
+
+
+def total_size(entries: Iterable[Entry]) -> int:
+    return sum(e.size for e in entries)
+
+
+def apply_rules(
+    root: Path,
+    entries: list[Entry],
+    keep: Callable[[str], bool],
+    source: str,
+    specials: dict[str, str] | None = None,
+) -> list[Entry]:
+    """Delete what the package rules exclude, drop emptied directories, check what remains.
+
+    Runs on a freshly unpacked tree that nobody else sees yet. An excluded entry is removed and
+    never hashed; a kept device/fifo/socket or a kept symlink leaving the package is an error.
+    """
+    for path, what in (specials or {}).items():
+        if keep(path):
+            raise BadPackage(source, path, f"{what}: packages hold only regular files and symlinks")
+    kept: list[Entry] = []
+    removed_dirs: set[str] = set()
+    base = os.fsencode(root)
+    for entry in entries:
+        if keep(entry.path):
+            if entry.is_symlink:
+                assert entry.target is not None
+                resolve_link(entry.path, entry.target, source)
+            kept.append(entry)
+            continue
+        os.unlink(os.path.join(base, os.fsencode(entry.path)))
+        removed_dirs.add(posixpath.dirname(entry.path))
+    _remove_empty_dirs(base, removed_dirs)
+    return kept
+
+
+def _remove_empty_dirs(base: bytes, candidates: set[str]) -> None:
+    """rmdir each candidate and its ancestors while they are empty (deepest first)."""
+    pending = set(candidates)
+    for path in sorted(pending, key=lambda p: p.count("/"), reverse=True):
+        while path:
+            try:
+                os.rmdir(os.path.join(base, os.fsencode(path)))
+            except OSError:
+                break  # not empty (or already gone): its ancestors are not empty either
+            path = posixpath.dirname(path)

@@ -1,0 +1,72 @@
+"""Which files belong to a package, as the package itself declares (docs/package-format.md).
+
+Precedence: ``treeseed.toml`` ``[package] include``/``exclude`` (gitignore-style patterns, via
+the ``pathspec`` library's ``GitIgnoreSpec``, which implements git's own matching rules); else
+a Zig ``build.zig.zon`` ``.paths`` list (Zig's rule: a listed path keeps itself and everything
+below it); else every file. ``treeseed.toml`` itself is always kept: the cache and later
+fetches read a package's dependencies and privacy from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import manifest as manifest_mod
+from .manifest import MANIFEST_NAME, ZIG_MANIFEST_NAME, Manifest
+
+
+@dataclass
+class Rules:
+    """A compiled keep-predicate plus where it came from (for messages and docs)."""
+
+    origin: str  # "treeseed.toml", "build.zig.zon" or "all"
+    keep: Callable[[str], bool]
+    manifest: Manifest | None = None
+
+    def __call__(self, path: str) -> bool:
+        return self.keep(path)
+
+
+def keep_all(path: str) -> bool:
+    return True
+
+
+def rules_for(root: Path) -> Rules:
+    """Read the package manifest at ``root`` (if any) and compile its rules."""
+    toml_path = root / MANIFEST_NAME
+    if toml_path.is_file() and not toml_path.is_symlink():
+        manifest = manifest_mod.load(toml_path)
+        return Rules(MANIFEST_NAME, compile_patterns(manifest.include, manifest.exclude), manifest)
+    zon_path = root / ZIG_MANIFEST_NAME
+    if zon_path.is_file() and not zon_path.is_symlink():
+        from . import zon
+        from .hashing.zig import paths_filter
+
+        info = zon.manifest_info(zon.load(zon_path))
+        return Rules(ZIG_MANIFEST_NAME, paths_filter(info.paths))
+    return Rules("all", keep_all)
+
+
+def compile_patterns(include: list[str] | None, exclude: list[str]) -> Callable[[str], bool]:
+    """A predicate keeping paths matched by ``include`` (all when None) and not by ``exclude``.
+
+    Both lists use gitignore syntax: ``*`` stays within one path component, ``**`` spans
+    several, a pattern with a slash other than at its end is anchored at the package root, a
+    pattern that matches a directory matches everything below it, and ``!pattern`` re-includes
+    within its own list.
+    """
+    import pathspec
+
+    inc = pathspec.GitIgnoreSpec.from_lines(include) if include is not None else None
+    exc = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
+
+    def keep(path: str) -> bool:
+        if path == MANIFEST_NAME:
+            return True
+        if inc is not None and not inc.match_file(path):
+            return False
+        return not (exc is not None and exc.match_file(path))
+
+    return keep

@@ -1,0 +1,147 @@
+"""HTTP(S) archive downloads, streamed to disk and hashed as they arrive.
+
+urllib3 does the connections (pooling, TLS, chunked bodies); redirects are followed here, one
+hop at a time, so a loop is reported with the whole chain the server sent. A body that is an
+HTML page (an error or login page served with status 200) is caught from its Content-Type and
+its first bytes, and the error quotes what the server said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from urllib.parse import urljoin
+
+from ..errors import FetchError
+from . import Fetched, ProgressFn
+
+MAX_REDIRECTS = 10
+CHUNK = 1 << 20
+USER_AGENT = "treeseed/0.1"
+_pool = None
+
+
+def pool():
+    """One shared connection pool per process (created on first use: urllib3 imports slowly)."""
+    global _pool
+    if _pool is None:
+        import urllib3
+
+        _pool = urllib3.PoolManager(
+            num_pools=16,
+            maxsize=8,
+            headers={"User-Agent": USER_AGENT},
+            timeout=urllib3.Timeout(connect=30, read=120),
+            retries=urllib3.Retry(total=3, connect=3, read=2, redirect=0, status=0,
+                                  backoff_factor=0.2, raise_on_redirect=False),
+        )
+    return _pool
+
+
+class HttpSource:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
+        response = open_url(self.url)
+        try:
+            target = work / "download"
+            digest, size = _save(response, target, self.url, progress)
+        finally:
+            response.release_conn()
+        return Fetched("archive", target, archive_sha256=digest, bytes_transferred=size)
+
+
+def open_url(url: str):
+    """GET ``url`` following redirects; return a streaming response with status 200."""
+    import urllib3
+
+    chain = [url]
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = pool().request("GET", current, preload_content=False, redirect=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise FetchError(f"{current}: {_describe(exc)}") from None
+        if response.status in (301, 302, 303, 307, 308):
+            location = response.headers.get("Location")
+            response.drain_conn()
+            response.release_conn()
+            if not location:
+                raise FetchError(f"{current}: HTTP {response.status} redirect without a Location")
+            current = urljoin(current, location)
+            if current in chain:
+                raise FetchError(f"{url}: redirect loop: {' -> '.join(chain + [current])}")
+            chain.append(current)
+            continue
+        if response.status != 200:
+            body = _snippet(response)
+            response.release_conn()
+            said = f"; the server said: {body}" if body else ""
+            raise FetchError(f"{current}: HTTP {response.status} {response.reason or ''}".rstrip()
+                             + said)
+        _reject_html(response, current)
+        return response
+    raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects: {' -> '.join(chain)}")
+
+
+def _reject_html(response, url: str) -> None:
+    ctype = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype in ("text/html", "application/xhtml+xml"):
+        body = _snippet(response)
+        response.release_conn()
+        raise FetchError(f"{url}: the server sent an HTML page (Content-Type {ctype}), not an "
+                         f"archive: {body or 'empty page'}; check the URL (a login or error page?)")
+
+
+def _snippet(response, limit: int = 200) -> str:
+    """A short, single-line rendering of an error body: its <title> if HTML, else its start."""
+    try:
+        raw = response.read(4096, decode_content=True) or b""
+    except Exception:
+        return ""
+    text = raw.decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    if title:
+        text = title[1]
+    text = re.sub(r"<[^>]+>", " ", text)
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _save(response, target: Path, url: str, progress: ProgressFn | None) -> tuple[str, int]:
+    """Stream the body to ``target`` computing its SHA-256; check the announced length."""
+    import urllib3
+
+    total = response.headers.get("Content-Length")
+    expected = int(total) if total and total.isdigit() else None
+    h = hashlib.sha256()
+    done = 0
+    try:
+        with open(target, "wb") as out:
+            for chunk in response.stream(CHUNK, decode_content=False):
+                h.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, expected)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise FetchError(f"{url}: download failed after {done} bytes: {_describe(exc)}") from None
+    if expected is not None and done != expected:
+        raise FetchError(f"{url}: the server announced {expected} bytes but sent {done} "
+                         "(connection cut?); try again")
+    return h.hexdigest(), done
+
+
+def _describe(exc: BaseException) -> str:
+    """Turn urllib3's nested exceptions into the reason a person needs."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    if "Connection refused" in text:
+        return "connection refused (is the server running, and is the port right?)"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "unknown host name (check the URL, or your DNS)"
+    if "timed out" in text.lower():
+        return "timed out"
+    return text
