@@ -103,7 +103,8 @@ def resolve_link(path: str, target: str, source: str) -> list[str]:
         raise BadPackage(source, path, f"symlink target {_printable(target)!r} has a bad character")
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if joined == ".":
-        return []
+        # BitTorrent clients drop such links (libtorrent does): the hash could not record it.
+        raise BadPackage(source, path, f"symlink target {target!r} is the package root itself")
     if joined == ".." or joined.startswith("../"):
         raise BadPackage(source, path, f"symlink target {target!r} escapes the package")
     return joined.split("/")

@@ -1,0 +1,58 @@
+"""Shared fixtures: an isolated cache and helpers to build trees and run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import pytest
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch the user's real cache or configuration."""
+    monkeypatch.setenv("TREESEED_CACHE_DIR", str(tmp_path / "default-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
+def make_tree(root: Path, spec: Mapping[str, object]) -> Path:
+    """Build a tree: ``"path": bytes`` a file, ``("x", bytes)`` an executable file,
+    ``("link", target)`` a symlink, ``None`` an empty directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, value in spec.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if value is None:
+            path.mkdir(exist_ok=True)
+        elif isinstance(value, tuple) and value[0] == "link":
+            os.symlink(value[1], path)
+        elif isinstance(value, tuple) and value[0] == "x":
+            path.write_bytes(value[1])
+            path.chmod(0o755)
+        else:
+            assert isinstance(value, bytes)
+            path.write_bytes(value)
+            path.chmod(0o644)
+    return root
+
+
+def run_cli(*args: str, cache: Path | None = None, env: Mapping[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m treeseed`` for real, as a user would."""
+    cmd = [sys.executable, "-m", "treeseed"]
+    if cache is not None:
+        cmd += ["--cache-dir", str(cache)]
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"treeseed {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
