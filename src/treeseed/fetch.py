@@ -82,8 +82,7 @@ def _fetch_into(
         known = cache.resolve("archive-sha256", digest)
         if known and (expected is None or known == expected):
             return _cached(cache, known, url, formats, transferred=got.bytes_transferred)
-        unpacked = unpack_archive(got.path, work / "tree", url, limits)
-        unpacked.archive_sha256 = digest
+        unpacked = unpack_archive(got.path, work / "tree", url, limits, archive_sha256=digest)
     else:
         unpacked = copy_tree(got.path, work / "tree", url)
     package = finish_tree(unpacked, url)

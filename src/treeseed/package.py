@@ -101,6 +101,10 @@ def resolve_link(path: str, target: str, source: str) -> list[str]:
         raise BadPackage(source, path, "symlink with an empty target")
     if "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
         raise BadPackage(source, path, f"symlink target {_printable(target)!r} has a bad character")
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPackage(source, path, f"symlink target {_printable(target)!r} is not valid UTF-8") from None
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if joined == ".":
         # BitTorrent clients drop such links (libtorrent does): the hash could not record it.
