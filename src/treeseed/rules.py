@@ -3,8 +3,9 @@
 Precedence: ``treeseed.toml`` ``[package] include``/``exclude`` (gitignore-style patterns, via
 the ``pathspec`` library's ``GitIgnoreSpec``, which implements git's own matching rules); else
 a Zig ``build.zig.zon`` ``.paths`` list (Zig's rule: a listed path keeps itself and everything
-below it); else every file. ``treeseed.toml`` itself is always kept: the cache and later
-fetches read a package's dependencies and privacy from it.
+below it); else every file. The manifests themselves (``treeseed.toml``, ``build.zig.zon``) are
+always kept: the cache and later fetches read a package's name, dependencies and privacy from
+them. (The Zig hash still leaves ``build.zig.zon`` out when ``.paths`` does, as Zig does.)
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def rules_for(root: Path) -> Rules:
         from . import zon
         from .hashing.zig import paths_filter
 
-        info = zon.manifest_info(zon.load(zon_path))
-        return Rules(ZIG_MANIFEST_NAME, paths_filter(info.paths))
+        info = zon.manifest_info(zon.load(zon_path), str(zon_path))
+        zig_keep = paths_filter(info.paths)
+        return Rules(ZIG_MANIFEST_NAME, lambda path: path == ZIG_MANIFEST_NAME or zig_keep(path))
     return Rules("all", keep_all)
 
 
@@ -63,7 +65,7 @@ def compile_patterns(include: list[str] | None, exclude: list[str]) -> Callable[
     exc = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
 
     def keep(path: str) -> bool:
-        if path == MANIFEST_NAME:
+        if path in (MANIFEST_NAME, ZIG_MANIFEST_NAME):
             return True
         if inc is not None and not inc.match_file(path):
             return False
