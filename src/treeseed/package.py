@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,18 @@ def check_path(path: str, source: str) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise BadPackage(source, path, f"path component {part!r} is not allowed")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        if len(part) > MAX_COMPONENT_BYTES // 4 and len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise BadPackage(source, path, f"name longer than {MAX_COMPONENT_BYTES} bytes")
-    if "\\" in path:
-        raise BadPackage(source, path, "backslash in name")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    bad = _BAD_CHAR.search(path)
+    if bad:
+        if bad[0] == "\\":
+            raise BadPackage(source, path, "backslash in name")
         raise BadPackage(source, _printable(path), "control character in name")
     return path
+
+
+# One regex scan instead of a Python loop per character: this runs for every archive entry.
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def _printable(path: str) -> str:

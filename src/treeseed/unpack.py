@@ -27,7 +27,6 @@ import os
 import queue
 import stat
 import sys
-import tarfile
 import threading
 import zipfile
 import zlib
@@ -39,6 +38,7 @@ from typing import BinaryIO, Callable, Iterator
 from .errors import BadPackage, UnpackError
 from .hashing.bt2 import FileDigest, MerkleHasher
 from .package import Entry, check_path
+from .tar import TarReader
 
 CHUNK = 1 << 20
 MAX_LINK_TARGET = 4096
@@ -164,16 +164,26 @@ class TreeWriter:
         previous = self.kinds.get(path)
         if previous is not None and not (previous == "dir" and kind == "dir"):
             raise UnpackError(self.source, path, f"duplicate entry (already a {previous})")
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            parent_kind = self.kinds.get(parent)
-            if parent_kind is None:
-                self.kinds[parent] = "dir"
-            elif parent_kind != "dir":
-                raise UnpackError(self.source, path, f"lies below {parent!r}, which is a {parent_kind}")
+        self._claim_parents(path)
         self.kinds[path] = kind
         return path
+
+    def _claim_parents(self, path: str) -> None:
+        """Record ``path``'s ancestors as directories, deepest first; stop at a known directory
+        (its own ancestors were recorded with it). Any ancestor that is not a directory is an
+        error: writing below a file or a symlink is how archives escape."""
+        parent = path.rpartition("/")[0]
+        new: list[str] = []
+        while parent:
+            parent_kind = self.kinds.get(parent)
+            if parent_kind == "dir":
+                break
+            if parent_kind is not None:
+                raise UnpackError(self.source, path, f"lies below {parent!r}, which is a {parent_kind}")
+            new.append(parent)
+            parent = parent.rpartition("/")[0]
+        for directory in new:
+            self.kinds[directory] = "dir"
 
     def _clean(self, raw_path: str) -> str:
         """Normalise the harmless spellings archivers use (``./a``, ``a/``), reject the rest."""
@@ -367,7 +377,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 class _Pipe:
     """A read-only, forward-only stream fed by a decompressing thread.
 
-    ``tarfile`` reads it as a plain file (``read``, ``tell``, forward ``seek``). The thread reads
+    The tar reader calls :meth:`read` as on a plain file. The thread reads
     the raw archive in 1 MiB chunks, hashes those raw bytes (archive-sha256) and decompresses
     them; the queue is bounded so memory stays flat whatever the archive size.
     """
@@ -377,7 +387,6 @@ class _Pipe:
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
         self._buf = b""
         self._off = 0
-        self._pos = 0
         self._eof = False
         self._stop = threading.Event()
         self.sha256 = hashlib.sha256()
@@ -430,15 +439,8 @@ class _Pipe:
         self._buf, self._off = item, 0
         return True
 
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buf[self._off:]]
-            while self._next():
-                parts.append(self._buf)
-            self._buf, self._off = b"", 0
-            data = b"".join(parts)
-            self._pos += len(data)
-            return data
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the stream."""
         parts = []
         want = n
         while want > 0:
@@ -454,39 +456,16 @@ class _Pipe:
                 parts.append(self._buf[self._off:self._off + take])
             self._off += take
             want -= take
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 1:
-            offset += self._pos
-        if offset < self._pos:
-            raise UnpackError(self._source, "", "archive needs a backward seek, which a stream "
-                              "cannot do")
-        while self._pos < offset:
-            if not self.read(min(CHUNK, offset - self._pos)):
-                break
-        return self._pos
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def drain(self) -> None:
         """Read to the end so the raw digest covers the whole archive (trailing padding too)."""
         while self._next():
-            self._pos += len(self._buf) - self._off
             self._buf, self._off = b"", 0
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return True
 
 
 class _Observed:
@@ -501,10 +480,6 @@ class _Observed:
         self._observe(data)
         return data
 
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
 
     def readable(self) -> bool:
         return True
@@ -656,72 +631,28 @@ def _read_tar(
     limit = limits.max_bytes + limits.max_entries * 1024 + (64 << 20)
     pipe = _Pipe(raw, fmt, source, limit, digest)
     try:
-        try:
-            tf = tarfile.open(fileobj=pipe, mode="r:", encoding="utf-8", errors="surrogateescape",
-                              tarinfo=_StrictTarInfo)
-        except tarfile.ReadError as exc:
-            raise UnpackError(source, "", f"not a readable tar archive inside the {fmt} stream: {exc}") from None
-        try:
-            _read_tar_members(tf, writer, source)
-        except (tarfile.TarError, EOFError) as exc:
-            raise UnpackError(source, "", f"corrupt or truncated tar archive: {exc}") from None
+        _read_tar_members(TarReader(pipe.read, source), writer, source)
         pipe.drain()
     finally:
         pipe.close()
     return (pipe.sha256.hexdigest() if digest else None), pipe.raw_bytes
 
 
-class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile quietly ends the archive at a cut-off or damaged header; here that is an error.
-
-    A clean end of data where a header would start is still accepted (libarchive and GNU tar
-    accept archives without the end-of-archive blocks); a zero block ends the archive as usual.
-    """
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        try:
-            return super().fromtarfile(tarfile_)
-        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as exc:
-            raise tarfile.SubsequentHeaderError(f"damaged header at byte {tarfile_.offset}: {exc}") from None
-
-
-def _read_tar_members(tf: tarfile.TarFile, writer: TreeWriter, source: str) -> None:
-    while True:
-        member = tf.next()
-        if member is None:
-            return
-        name = member.name
-        if member.isreg():
-            if member.issparse():
-                raise UnpackError(source, name, "sparse files are not supported in packages")
-            writer.add_file(name, bool(member.mode & stat.S_IXUSR), member.size,
-                            _member_chunks(tf, member, source))
-        elif member.isdir():
+def _read_tar_members(reader: TarReader, writer: TreeWriter, source: str) -> None:
+    for member in reader.members():
+        name, kind = member.name, member.kind
+        if kind == "file":
+            writer.add_file(name, bool(member.mode & stat.S_IXUSR), member.size, reader.chunks(member))
+        elif kind == "dir":
             writer.add_dir(name)
-        elif member.issym():
+        elif kind == "symlink":
             writer.add_symlink(name, member.linkname)
-        elif member.islnk():
+        elif kind == "hardlink":
             writer.add_hardlink(name, member.linkname, bool(member.mode & stat.S_IXUSR))
-        elif member.isfifo():
+        elif kind == "fifo":
             writer.add_special(name, "a fifo")
-        elif member.ischr() or member.isblk():
-            writer.add_special(name, "a device file")
         else:
-            raise UnpackError(source, name, f"unsupported tar entry type {member.type!r}")
-
-
-def _member_chunks(tf: tarfile.TarFile, member: tarfile.TarInfo, source: str) -> Iterator[bytes]:
-    """Stream a member's bytes; a short member means the archive was cut off."""
-    fileobj = tf.fileobj
-    remaining = member.size
-    fileobj.seek(member.offset_data)
-    while remaining:
-        chunk = fileobj.read(min(CHUNK, remaining))
-        if not chunk:
-            raise UnpackError(source, member.name, "archive ends inside this file (truncated?)")
-        remaining -= len(chunk)
-        yield chunk
+            writer.add_special(name, "a device file")
 
 
 def _read_zip(raw: BinaryIO, writer: TreeWriter, source: str) -> None:

@@ -1,0 +1,233 @@
+"""A strict, streaming tar reader: ustar, GNU and PAX headers, nothing it does not understand.
+
+Why not :mod:`tarfile`: its header parsing cost 23 µs per member (1.9 s of a 10 s kernel
+unpack, on the thread that also writes every file), and it ends an archive quietly at a damaged
+header. This reader decodes each 512-byte header with one ``struct.unpack``, validates the
+checksum, applies GNU long names (``L``/``K``) and PAX records (``path``, ``linkpath``,
+``size``), and yields plain :class:`Member` records. What treeseed does not accept in a package
+(sparse files, multi-volume parts) is an error here, not a silent skip.
+
+>>> for member in read_members(stream.read, source):   # doctest: +SKIP
+...     data = member.read_chunks()                     # must be consumed before the next member
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .errors import UnpackError
+
+BLOCK = 512
+CHUNK = 1 << 20
+MAX_META = 1 << 20  # a long name or PAX header larger than this is hostile, not a source tree
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+
+REGULAR = "file"
+KINDS = {
+    b"0": REGULAR, b"\x00": REGULAR, b"7": REGULAR,
+    b"1": "hardlink", b"2": "symlink", b"3": "chardev", b"4": "blockdev", b"5": "dir", b"6": "fifo",
+}
+_META = {b"L", b"K", b"x", b"g"}
+
+
+@dataclass
+class Member:
+    """One archive entry after long names and PAX records are applied."""
+
+    name: str
+    kind: str  # file, dir, symlink, hardlink, chardev, blockdev, fifo
+    mode: int
+    size: int
+    linkname: str
+    offset: int  # where the header started, for error messages
+
+
+class TarReader:
+    """Reads members from ``read`` (a callable like ``file.read``) one after another."""
+
+    def __init__(self, read: Callable[[int], bytes], source: str) -> None:
+        self._read = read
+        self.source = source
+        self.offset = 0
+        self._pending = 0  # data bytes of the current member not yet read
+        self._padding = 0
+        self._global: dict[str, str] = {}
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        data = self._read(n)
+        while len(data) < n:
+            more = self._read(n - len(data))
+            if not more:
+                raise UnpackError(self.source, what, f"archive ends early, inside {what or 'a header'} "
+                                  f"at byte {self.offset + len(data)} (truncated?)")
+            data += more
+        self.offset += n
+        return data
+
+    def members(self) -> Iterator[Member]:
+        """Yield each member; data not read with :meth:`chunks` is skipped."""
+        while True:
+            self._skip_data()
+            member = self._next()
+            if member is None:
+                return
+            yield member
+
+    def chunks(self, member: Member) -> Iterator[bytes]:
+        """The member's data, in chunks of at most 1 MiB."""
+        while self._pending:
+            chunk = self._read(min(CHUNK, self._pending))
+            if not chunk:
+                raise UnpackError(self.source, member.name, "archive ends inside this file (truncated?)")
+            self._pending -= len(chunk)
+            self.offset += len(chunk)
+            yield chunk
+
+    def _skip_data(self) -> None:
+        while self._pending:
+            self._pending -= len(self._read_exact(min(CHUNK, self._pending), "a member's data"))
+        if self._padding:
+            self._read_exact(self._padding, "")
+            self._padding = 0
+
+    def _next(self) -> Member | None:
+        pax: dict[str, str] = {}
+        long_name = long_link = None
+        while True:
+            start = self.offset
+            block = self._read(BLOCK)
+            if not block:
+                return None  # no end-of-archive blocks: accepted, as GNU tar and libarchive do
+            if len(block) < BLOCK:
+                block += self._read_exact(BLOCK - len(block), "")
+            self.offset = start + BLOCK
+            if block.count(0) == BLOCK:
+                return None  # end-of-archive marker; what follows is padding
+            fields = _HEADER.unpack(block)
+            try:
+                self._check_sum(block, fields[6], start)
+            except UnpackError:
+                if start == 0:
+                    raise UnpackError(self.source, "", "not a readable tar archive: its first "
+                                      "block is not a tar header") from None
+                raise
+            typeflag = fields[7]
+            size = self._number(fields[4], "size", start)
+            if typeflag in _META:
+                data = self._meta(size, typeflag, start)
+                if typeflag == b"L":
+                    long_name = _cstr(data)
+                elif typeflag == b"K":
+                    long_link = _cstr(data)
+                elif typeflag == b"x":
+                    pax.update(_pax_records(data, self.source, start))
+                else:
+                    self._global.update(_pax_records(data, self.source, start))
+                continue
+            return self._member(fields, typeflag, size, start, long_name, long_link,
+                                {**self._global, **pax})
+
+    def _member(self, fields: tuple, typeflag: bytes, size: int, start: int,
+                long_name: str | None, long_link: str | None, pax: dict[str, str]) -> Member:
+        name = long_name if long_name is not None else _ustar_name(fields)
+        name = pax.get("path", name)
+        linkname = pax.get("linkpath", long_link if long_link is not None else _decode(_cstr_b(fields[8])))
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise UnpackError(self.source, name, f"bad PAX size {pax['size']!r}") from None
+        if any(key.startswith("GNU.sparse") for key in pax) or typeflag == b"S":
+            raise UnpackError(self.source, name, "sparse files are not supported in packages")
+        kind = KINDS.get(typeflag)
+        if kind is None:
+            raise UnpackError(self.source, name, f"unsupported tar entry type {typeflag!r}")
+        if typeflag == b"\x00" and name.endswith("/"):
+            kind = "dir"  # pre-POSIX tars marked directories only by the trailing slash
+        mode = self._number(fields[1], "mode", start)
+        if size < 0:
+            raise UnpackError(self.source, name, "negative size")
+        data_size = size if kind == REGULAR else 0  # as tarfile: only regular files carry data
+        self._pending = data_size
+        self._padding = -data_size % BLOCK
+        return Member(name, kind, mode, data_size, linkname, start)
+
+    def _meta(self, size: int, typeflag: bytes, start: int) -> bytes:
+        if size > MAX_META:
+            raise UnpackError(self.source, "", f"{typeflag.decode()} header at byte {start} holds "
+                              f"{size} bytes (limit {MAX_META})")
+        data = self._read_exact(size, "") if size else b""
+        pad = -size % BLOCK
+        if pad:
+            self._read_exact(pad, "")
+        return data
+
+    def _check_sum(self, block: bytes, field: bytes, start: int) -> None:
+        stored = self._number(field, "checksum", start)
+        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        if stored == unsigned:
+            return
+        # Some old tars summed the bytes as signed chars.
+        signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
+        if stored != signed:
+            raise UnpackError(self.source, "", f"damaged tar header at byte {start} (checksum "
+                              "mismatch): a corrupt or truncated archive")
+
+    def _number(self, field: bytes, what: str, start: int) -> int:
+        """A numeric header field: octal text, or GNU base-256 when the top bit is set."""
+        if field[:1] in (b"\x80", b"\xff"):
+            value = int.from_bytes(field[1:], "big")
+            return value - (1 << (8 * (len(field) - 1))) if field[0] == 0xFF else value
+        text = field.split(b"\x00", 1)[0].strip(b" ")
+        if not text:
+            return 0
+        try:
+            return int(text, 8)
+        except ValueError:
+            raise UnpackError(self.source, "", f"damaged tar header at byte {start}: "
+                              f"{what} field {field!r} is not a number") from None
+
+
+def _cstr_b(field: bytes) -> bytes:
+    return field.split(b"\x00", 1)[0]
+
+
+def _cstr(data: bytes) -> str:
+    return _decode(_cstr_b(data))
+
+
+def _decode(raw: bytes) -> str:
+    """Names are UTF-8; invalid bytes survive as surrogates so the path check can report them."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _ustar_name(fields: tuple) -> str:
+    name = _cstr_b(fields[0])
+    magic, prefix = fields[9], _cstr_b(fields[15])
+    if magic == b"ustar\x00" and prefix:  # POSIX ustar; GNU ("ustar  ") uses the field otherwise
+        name = prefix + b"/" + name
+    return _decode(name)
+
+
+def _pax_records(data: bytes, source: str, start: int) -> dict[str, str]:
+    """Parse ``"<len> <key>=<value>\\n"`` records; values are UTF-8 (or raw bytes, kept)."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            break
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise UnpackError(source, "", f"malformed PAX header at byte {start}") from None
+        record = data[space + 1 : pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise UnpackError(source, "", f"malformed PAX header at byte {start}")
+        key, _, value = record[:-1].partition(b"=")
+        records[key.decode("utf-8", "replace")] = _decode(value)
+        pos += length
+    return records
