@@ -1,6 +1,6 @@
 """Unpack-and-hash speed: treeseed fetch versus plain `tar -xf` and `zig fetch`, side by side.
 
-    python bench/unpack_hash.py [--runs 3] [--dir DIR] [--archive PATH ...]
+    python bench/unpack_hash.py [--runs 3] [--dir DIR] [--archive PATH ...] [--zig 0.17.0 ...]
 
 Default archives: the Linux source tarball Debian's `linux-source-6.1` package ships
 (/usr/src/linux-source-6.1.tar.xz, ~1.4 GB unpacked, ~80k files) and a PyPI sdist (Django's,
@@ -10,6 +10,11 @@ Runs alternate between tools, `sync` runs before each (so one tool's dirty pages
 next one's bill), and the median is reported with ratios. `tar -xf` hashes nothing: it is the
 floor. Targets from the foundation issue: treeseed within 1.3x of tar, and at least 5x faster
 than zig fetch.
+
+Zig: each `--zig VERSION` (default 0.15.2 and 0.17.0) is installed from PyPI into
+bench/.work/zig-VERSION on first use. Zig 0.17 compiles its package manager into the global
+cache on first use (minutes): that happens once, in a warm-up fetch that is not timed; each
+timed run then starts from that cache with its packages (p/) and temporaries removed.
 
 Use --dir /dev/shm/... to measure on tmpfs, where disk writeback does not add noise.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LINUX = Path("/usr/src/linux-source-6.1.tar.xz")
 SDIST = ("django==5.1.4", "Django")
+DEFAULT_ZIGS = ["0.15.2", "0.17.0"]
 
 
 def main() -> int:
@@ -36,12 +42,15 @@ def main() -> int:
     work = Path(args.dir) if args.dir else HERE / ".work"
     work.mkdir(parents=True, exist_ok=True)
     archives = [Path(a) for a in args.archive] or default_archives(work)
-    zig = zig_command()
-    print(f"machine: {os.cpu_count()} cores; work dir: {work}; runs: {args.runs}; zig: {zig_version(zig)}")
+    zigs = [] if args.no_zig else [Zig(v, HERE / ".work") for v in args.zig or DEFAULT_ZIGS]
+    print(f"machine: {os.cpu_count()} cores; work dir: {work}; runs: {args.runs}; "
+          f"zig: {', '.join(z.version for z in zigs) or 'none'}")
     rows = []
     for archive in archives:
         print(f"\n{archive.name} ({archive.stat().st_size / 1e6:.1f} MB)")
-        times = measure(archive, work, args.runs, zig)
+        for zig in zigs:
+            zig.warm_up(archive)
+        times = measure(archive, work, args.runs, zigs)
         rows.append((archive.name, times))
         report(times)
     summary(rows)
@@ -53,11 +62,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs per tool (median is reported)")
     p.add_argument("--dir", help="where to unpack (default bench/.work)")
     p.add_argument("--archive", action="append", default=[], help="archive(s) to use instead")
+    p.add_argument("--zig", action="append", metavar="VERSION",
+                   help=f"zig version(s) to compare (default {' and '.join(DEFAULT_ZIGS)})")
     p.add_argument("--no-zig", action="store_true", help="skip zig fetch")
-    args = p.parse_args()
-    if args.no_zig:
-        os.environ["TREESEED_BENCH_NO_ZIG"] = "1"
-    return args
+    return p.parse_args()
 
 
 def default_archives(work: Path) -> list[Path]:
@@ -82,44 +90,59 @@ def pypi_sdist(work: Path) -> Path:
     return sorted(dest.glob(f"{SDIST[1]}-*.tar.gz"))[0]
 
 
-def zig_command() -> list[str] | None:
-    if os.environ.get("TREESEED_BENCH_NO_ZIG"):
-        return None
-    try:
-        import ziglang  # noqa: F401
-    except ImportError:
-        print("note: zig not installed (pip install -e '.[bench]'); skipping zig fetch")
-        return None
-    return [sys.executable, "-m", "ziglang"]
+class Zig:
+    """One Zig version from PyPI, installed beside the benchmark, with a persistent global cache."""
+
+    def __init__(self, version: str, work: Path) -> None:
+        self.version = version
+        self.home = work / f"zig-{version}"
+        self.cache = work / f"zig-{version}-cache"
+        if not (self.home / "ziglang").is_dir():
+            print(f"installing ziglang=={version} into {self.home} ...")
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(self.home),
+                            f"ziglang=={version}"], check=True)
+
+    @property
+    def name(self) -> str:
+        return f"zig fetch {self.version}"
+
+    def command(self, archive: Path, scratch: Path) -> tuple[list[str], dict]:
+        env = {**os.environ, "PYTHONPATH": str(self.home), "ZIG_GLOBAL_CACHE_DIR": str(self.cache),
+               "ZIG_LOCAL_CACHE_DIR": str(scratch / "zig-local")}
+        return [sys.executable, "-m", "ziglang", "fetch", str(archive)], env
+
+    def reset(self) -> None:
+        """Forget fetched packages but keep what zig compiled for itself."""
+        for sub in ("p", "tmp"):
+            shutil.rmtree(self.cache / sub, ignore_errors=True)
+
+    def warm_up(self, archive: Path) -> None:
+        """One untimed fetch, so a one-off compile of zig's package manager is not measured."""
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd, env = self.command(archive, Path(tmp))
+            subprocess.run(cmd, env=env, capture_output=True, check=True)
+        self.reset()
 
 
-def zig_version(zig: list[str] | None) -> str:
-    if zig is None:
-        return "none"
-    return subprocess.run(zig + ["version"], capture_output=True, text=True).stdout.strip()
-
-
-def commands(archive: Path, scratch: Path, zig: list[str] | None) -> dict[str, tuple[list[str], dict]]:
+def commands(archive: Path, scratch: Path, zigs: list[Zig]) -> dict[str, tuple[list[str], dict]]:
     """Each tool's command for one run, starting from an empty target inside ``scratch``."""
     env = dict(os.environ)
+    (scratch / "tar").mkdir()
     out = {
         "tar -xf": (["tar", "-xf", str(archive), "-C", str(scratch / "tar")], env),
         "treeseed fetch": ([sys.executable, "-m", "treeseed", "--cache-dir", str(scratch / "ts"),
                             "fetch", f"file://{archive}"], env),
     }
-    (scratch / "tar").mkdir()
-    if zig:
-        zenv = {**env, "ZIG_GLOBAL_CACHE_DIR": str(scratch / "zig"),
-                "ZIG_LOCAL_CACHE_DIR": str(scratch / "zig-local")}
-        out["zig fetch"] = (zig + ["fetch", str(archive)], zenv)
+    for zig in zigs:
+        out[zig.name] = zig.command(archive, scratch)
     return out
 
 
-def measure(archive: Path, work: Path, runs: int, zig: list[str] | None) -> dict[str, list[float]]:
+def measure(archive: Path, work: Path, runs: int, zigs: list[Zig]) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {}
     for _ in range(runs):
         with tempfile.TemporaryDirectory(dir=work) as tmp:
-            for name, (cmd, env) in commands(archive, Path(tmp), zig).items():
+            for name, (cmd, env) in commands(archive, Path(tmp), zigs).items():
                 subprocess.run(["sync"])
                 start = time.perf_counter()
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -127,8 +150,10 @@ def measure(archive: Path, work: Path, runs: int, zig: list[str] | None) -> dict
                 if proc.returncode != 0:
                     raise SystemExit(f"{name} failed: {proc.stderr.strip()}")
                 times.setdefault(name, []).append(elapsed)
-                print(f"  {name:<15} {elapsed:7.2f} s")
+                print(f"  {name:<18} {elapsed:7.2f} s")
                 _clear(Path(tmp))
+                for zig in zigs:
+                    zig.reset()
     return times
 
 
@@ -144,21 +169,25 @@ def _clear(scratch: Path) -> None:
 
 def report(times: dict[str, list[float]]) -> None:
     base = statistics.median(times["tar -xf"])
-    print(f"  {'tool':<15} {'median s':>9} {'x tar':>7}")
+    print(f"  {'tool':<18} {'median s':>9} {'x tar':>7}")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:<15} {med:9.2f} {med / base:7.2f}")
+        print(f"  {name:<18} {med:9.2f} {med / base:7.2f}")
 
 
 def summary(rows: list[tuple[str, dict[str, list[float]]]]) -> None:
-    print("\n| archive | tar -xf (s) | treeseed (s) | treeseed / tar | zig fetch (s) | zig / treeseed |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    zig_names = sorted({n for _, t in rows for n in t if n.startswith("zig")})
+    head = " | ".join(f"{n} (s) | {n} / treeseed" for n in zig_names)
+    print(f"\n| archive | tar -xf (s) | treeseed (s) | treeseed / tar | {head} |")
+    print("| --- " * (4 + 2 * len(zig_names)) + "|")
     for name, times in rows:
         tar = statistics.median(times["tar -xf"])
         ts = statistics.median(times["treeseed fetch"])
-        zig = statistics.median(times["zig fetch"]) if "zig fetch" in times else None
-        zig_cols = f"{zig:.2f} | {zig / ts:.1f}" if zig else "- | -"
-        print(f"| {name} | {tar:.2f} | {ts:.2f} | {ts / tar:.2f} | {zig_cols} |")
+        cols = []
+        for zig in zig_names:
+            z = statistics.median(times[zig])
+            cols.append(f"{z:.2f} | {z / ts:.1f}")
+        print(f"| {name} | {tar:.2f} | {ts:.2f} | {ts / tar:.2f} | {' | '.join(cols)} |")
 
 
 if __name__ == "__main__":
