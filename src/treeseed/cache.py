@@ -260,11 +260,15 @@ class Cache:
         return dest
 
     def remove(self, package_hash: str) -> bool:
-        """Delete one package: renamed away first, so it disappears atomically."""
-        dest = self.path(package_hash)
-        if not dest.is_dir():
-            self._forget(package_hash)
+        """Delete one package: renamed away first, so it disappears atomically.
+
+        Only a bt2 hash names a package; anything else (``..``, a path) is not in the cache.
+        """
+        if not self.has(package_hash):
+            if is_bt2(package_hash):
+                self._forget(package_hash)
             return False
+        dest = self.path(package_hash)
         self._ensure_dirs()
         trash = self.tmp_dir / f"rm-{package_hash}-{secrets.token_hex(4)}"
         os.rename(dest, trash)

@@ -127,9 +127,14 @@ def _save(response, target: Path, url: str, progress: ProgressFn | None) -> tupl
                 if progress:
                     progress(done, expected)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise FetchError(f"{url}: download failed after {done} bytes: {_describe(exc)}") from None
+        # A connection that ends before Content-Length bytes arrived surfaces as urllib3's
+        # ProtocolError (around IncompleteRead): it is the short body reported just below.
+        cut_short = isinstance(exc, urllib3.exceptions.ProtocolError) and done < (expected or 0)
+        if not cut_short:
+            raise FetchError(f"{url}: download failed after {done} bytes: {_describe(exc)}") from None
     if expected is not None and done != expected:
-        raise FetchError(f"{url}: the server announced {expected} bytes but sent {done} "
+        missing = f", {expected - done} bytes missing" if done < expected else ""
+        raise FetchError(f"{url}: the server announced {expected} bytes but sent {done}{missing} "
                          "(connection cut?); try again")
     return h.hexdigest(), done
 

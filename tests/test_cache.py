@@ -1,0 +1,368 @@
+"""The global cache against the real ``treeseed`` command: layout, concurrency, crashes, upkeep.
+
+Every fetch here is a real ``python -m treeseed`` subprocess on an archive the test builds; the
+cache is inspected on disk (``p/<bt2>/``, ``tmp/``, ``index.sqlite``) and through ``cache list``,
+``verify``, ``rm`` and ``gc``. Concurrency is real too: several processes started together on the
+same archive, and a fetch killed with SIGKILL half-way through unpacking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from treeseed.cache import Cache
+from treeseed.fetch import hash_path
+
+MiB = 1 << 20
+ZERO_HASH = "bt2-" + "0" * 64
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tar_gz(path: Path, files: dict[str, bytes | tuple[int, bytes]], top: str = "pkg",
+           level: int = 6) -> Path:
+    """A .tar.gz with every file under ``top/``; ``(mode, data)`` sets a file's mode (default 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", compresslevel=level) as tf:
+        for name, value in files.items():
+            mode, data = value if isinstance(value, tuple) else (0o644, value)
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mode, info.mtime = len(data), mode, 1_600_000_000
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def random_files(count: int, size: int) -> dict[str, bytes]:
+    """``count`` distinct incompressible files of ``size`` bytes (one urandom call, cheap)."""
+    blob = os.urandom(size)
+    return {f"data/f{i:04}.bin": i.to_bytes(4, "big") + blob[4:] for i in range(count)}
+
+
+SMALL = {
+    "README": b"hello\n",
+    "src/lib.c": b"int x;\n" * 300,
+    "bin/run": (0o700, b"#!/bin/sh\necho hi\n"),
+    "bin/tool": (0o775, b"#!/bin/sh\n"),
+    "private.key": (0o600, b"not secret\n"),
+}
+
+
+def fetch_json(cache: Path, *args: str) -> dict:
+    return json.loads(run_cli("fetch", *args, "--json", cache=cache).stdout)
+
+
+def list_json(cache: Path) -> list[dict]:
+    return json.loads(run_cli("cache", "list", "--json", cache=cache).stdout)
+
+
+def packages(cache: Path) -> list[str]:
+    p = cache / "p"
+    return sorted(os.listdir(p)) if p.is_dir() else []
+
+
+def tmp_entries(cache: Path) -> list[str]:
+    t = cache / "tmp"
+    return sorted(os.listdir(t)) if t.is_dir() else []
+
+
+def index_rows(cache: Path) -> list[tuple]:
+    with sqlite3.connect(cache / "index.sqlite") as db:
+        return db.execute("SELECT hash, size, files, source FROM packages ORDER BY hash").fetchall()
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("treeseed: error:"), proc.stderr
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- install, list, --hash
+
+
+def test_fetch_installs_normalised_package(tmp_path: Path, cache_dir: Path) -> None:
+    archive = tar_gz(tmp_path / "small.tar.gz", SMALL)
+    got = fetch_json(cache_dir, str(archive))
+    h = got["hash"]
+    assert got["cached"] is False
+    assert packages(cache_dir) == [h]
+    assert tmp_entries(cache_dir) == []
+    root = cache_dir / "p" / h
+    assert Path(got["path"]).resolve() == root.resolve()
+    modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+             for p in root.rglob("*") if p.is_file()}
+    assert modes == {"README": 0o644, "src/lib.c": 0o644, "bin/run": 0o755, "bin/tool": 0o755,
+                     "private.key": 0o644}
+
+    size = sum(len(v[1] if isinstance(v, tuple) else v) for v in SMALL.values())
+    (row,) = list_json(cache_dir)
+    assert (row["hash"], row["size"], row["files"], row["source"]) == (h, size, 5, str(archive))
+    text = run_cli("cache", "list", cache=cache_dir).stdout
+    (line,) = text.splitlines()
+    assert line.startswith(h) and f"{size / 1024:.1f} KiB" in line and "5 files" in line
+    assert line.endswith(str(archive))
+
+    # The expected hash matches: fine, and from then on no source is needed at all.
+    again = fetch_json(cache_dir, str(archive), "--hash", h)
+    assert (again["hash"], again["cached"]) == (h, True)
+    archive.unlink()
+    for gone in (str(archive), f"http://127.0.0.1:{closed_port()}/gone.tar.gz"):
+        again = fetch_json(cache_dir, gone, "--hash", h)
+        assert (again["hash"], again["cached"], again["files"], again["bytes"]) == (h, True, 5, size)
+    assert packages(cache_dir) == [h] and tmp_entries(cache_dir) == []
+
+
+def test_hash_mismatch_leaves_cache_unchanged(tmp_path: Path, cache_dir: Path) -> None:
+    first = tar_gz(tmp_path / "a.tar.gz", {"a": b"a\n"})
+    other = tar_gz(tmp_path / "b.tar.gz", {"b": b"b\n"})
+    h = fetch_json(cache_dir, str(first))["hash"]
+    other_hash = hash_path(other, Cache(tmp_path / "scratch"), ["bt2"]).hashes["bt2"]
+    before = (packages(cache_dir), index_rows(cache_dir))
+
+    # A package nobody has seen, and one the cache already knows by its archive's digest.
+    for archive, actual in ((other, other_hash), (first, h)):
+        proc = run_cli("fetch", str(archive), "--hash", ZERO_HASH, cache=cache_dir, check=False)
+        line = one_error_line(proc)
+        assert ZERO_HASH in line and actual in line and str(archive) in line
+        assert proc.stdout == ""
+        assert (packages(cache_dir), index_rows(cache_dir)) == before
+        assert tmp_entries(cache_dir) == []
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.parametrize("with_hash", [False, True], ids=["no-hash", "hash"])
+def test_concurrent_fetches_unpack_once(tmp_path: Path, cache_dir: Path, with_hash: bool) -> None:
+    archive = tar_gz(tmp_path / "some.tar.gz", random_files(6, 512 * 1024), level=0)
+    expected = hash_path(archive, Cache(tmp_path / "scratch"), ["bt2"]).hashes["bt2"]
+    cmd = [sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir), "fetch", str(archive),
+           "--json"] + (["--hash", expected] if with_hash else [])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    results = [json.loads(out) for out, _ in outs]
+    assert {r["hash"] for r in results} == {expected}
+    assert sorted(r["cached"] for r in results) == [False, True, True, True]
+    assert packages(cache_dir) == [expected]
+    assert tmp_entries(cache_dir) == []
+    assert [row["hash"] for row in list_json(cache_dir)] == [expected]
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+def _filled_workdir(cache: Path) -> Path | None:
+    """A tmp/w-* directory that already holds a regular file, if any."""
+    for work in (cache / "tmp").glob("w-*"):
+        for _, _, files in os.walk(work):
+            if files:
+                return work
+    return None
+
+
+def test_killed_fetch_leaves_nothing_half_done(tmp_path: Path, cache_dir: Path) -> None:
+    # Stored (level 0) gzip: cheap to build, still a few hundred ms to unpack and hash.
+    archive = tar_gz(tmp_path / "large.tar.gz", random_files(128, MiB), level=0)
+    cmd = [sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir), "fetch", str(archive)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        work = None
+        while work is None and proc.poll() is None and time.monotonic() < deadline:
+            work = _filled_workdir(cache_dir)
+            if work is None:
+                time.sleep(0.002)
+        assert work is not None, "never saw the fetch's work directory fill"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert packages(cache_dir) == [], "a killed fetch must not leave a package in p/"
+    assert work.is_dir()
+
+    h = run_cli("fetch", str(archive), cache=cache_dir).stdout.split("\t")[0]
+    assert packages(cache_dir) == [h]
+    assert work.is_dir(), "the new fetch must leave the dead one's directory to gc"
+    archive.unlink()
+
+    cache = Cache(cache_dir)
+    with cache.workdir() as live:
+        (live / "partial").write_bytes(b"in progress")
+        dry = run_cli("cache", "gc", "--older-than", "1000d", "--dry-run", cache=cache_dir)
+        assert str(work) in dry.stdout and work.is_dir()
+        gc = run_cli("cache", "gc", "--older-than", "1000d", cache=cache_dir)
+        assert str(work) in gc.stdout and str(live) not in gc.stdout
+        assert not work.exists()
+        assert (live / "partial").read_bytes() == b"in progress"
+        assert packages(cache_dir) == [h]
+    assert tmp_entries(cache_dir) == []
+    shutil.rmtree(cache_dir / "p" / h)  # 128 MiB less for pytest to keep around
+
+
+# --------------------------------------------------------------------------- verify, rm, gc
+
+
+def _flip_byte(root: Path) -> None:
+    f = root / "src/lib.c"
+    data = bytearray(f.read_bytes())
+    data[100] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+def _flip_exec(root: Path) -> None:
+    (root / "README").chmod(0o755)
+
+
+def _add_file(root: Path) -> None:
+    (root / "src/extra.c").write_bytes(b"")
+
+
+@pytest.mark.parametrize("corrupt", [_flip_byte, _flip_exec, _add_file], ids=["byte", "exec-bit", "new-file"])
+def test_verify_names_corrupted_package(tmp_path: Path, cache_dir: Path, corrupt) -> None:
+    bad = fetch_json(cache_dir, str(tar_gz(tmp_path / "small.tar.gz", SMALL)))["hash"]
+    good = fetch_json(cache_dir, str(tar_gz(tmp_path / "other.tar.gz", {"x": b"x"})))["hash"]
+    assert run_cli("cache", "verify", cache=cache_dir).returncode == 0
+
+    corrupt(cache_dir / "p" / bad)
+    for args in ((), (bad,)):
+        proc = run_cli("cache", "verify", *args, cache=cache_dir, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert bad in proc.stdout and good not in proc.stdout
+    assert run_cli("cache", "verify", good, cache=cache_dir).returncode == 0
+
+
+def test_rm(tmp_path: Path, cache_dir: Path) -> None:
+    keep = fetch_json(cache_dir, str(tar_gz(tmp_path / "keep.tar.gz", {"k": b"k"})))["hash"]
+    drop = fetch_json(cache_dir, str(tar_gz(tmp_path / "drop.tar.gz", {"d": b"d"})))["hash"]
+    run_cli("cache", "rm", drop, cache=cache_dir)
+    assert packages(cache_dir) == [keep]
+    assert [row["hash"] for row in list_json(cache_dir)] == [keep]
+    assert tmp_entries(cache_dir) == []
+
+    proc = run_cli("cache", "rm", drop, cache=cache_dir, check=False)
+    assert proc.returncode == 1 and drop in proc.stderr and "Traceback" not in proc.stderr
+
+    # Only package hashes name packages: a path-like argument must not reach outside p/.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_bytes(b"!")
+    for bogus in ("..", "../tmp", os.path.relpath(victim, cache_dir / "p"), "bt2-123"):
+        proc = run_cli("cache", "rm", bogus, cache=cache_dir, check=False)
+        assert proc.returncode == 1, bogus
+        assert "Traceback" not in proc.stderr
+    assert (victim / "precious").read_bytes() == b"!"
+    assert packages(cache_dir) == [keep] and (cache_dir / "tmp").is_dir()
+
+
+def test_gc(tmp_path: Path, cache_dir: Path) -> None:
+    hashes = sorted(fetch_json(cache_dir, str(tar_gz(tmp_path / f"{n}.tar.gz", {n: n.encode()})))["hash"]
+                    for n in ("one", "two"))
+    dry = run_cli("cache", "gc", "--older-than", "0", "--dry-run", cache=cache_dir)
+    assert all(h in dry.stdout for h in hashes)
+    assert packages(cache_dir) == hashes
+
+    fresh = run_cli("cache", "gc", "--older-than", "1000d", cache=cache_dir)
+    assert fresh.stdout == "" and packages(cache_dir) == hashes
+
+    gone = run_cli("cache", "gc", "--older-than", "0", cache=cache_dir)
+    assert all(h in gone.stdout for h in hashes)
+    assert packages(cache_dir) == [] and tmp_entries(cache_dir) == []
+    assert list_json(cache_dir) == []
+
+
+# --------------------------------------------------------------------------- the index is derived
+
+
+def test_index_is_rebuilt_from_disk(tmp_path: Path, cache_dir: Path) -> None:
+    small = fetch_json(cache_dir, str(tar_gz(tmp_path / "small.tar.gz", SMALL)))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cache_dir / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    (row,) = list_json(cache_dir)
+    assert (row["hash"], row["size"], row["files"]) == (small["hash"], small["bytes"], small["files"])
+
+    # A package renamed into p/ whose index row was never written (a crash right after the rename).
+    elsewhere = tmp_path / "elsewhere"
+    orphan = fetch_json(elsewhere, str(tar_gz(tmp_path / "orphan.tar.gz", {"o/p": b"orphan\n" * 9})))
+    os.rename(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
+    rows = {r["hash"]: r for r in list_json(cache_dir)}
+    assert set(rows) == {small["hash"], orphan["hash"]}
+    assert (rows[orphan["hash"]]["size"], rows[orphan["hash"]]["files"]) == (orphan["bytes"], 1)
+
+    # And the other way round: a row whose directory vanished is dropped.
+    shutil.rmtree(cache_dir / "p" / small["hash"])
+    assert [r["hash"] for r in list_json(cache_dir)] == [orphan["hash"]]
+    assert run_cli("cache", "verify", cache=cache_dir).returncode == 0
+
+
+def test_orphan_package_is_served_by_hash(tmp_path: Path, cache_dir: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    orphan = fetch_json(elsewhere, str(tar_gz(tmp_path / "orphan.tar.gz", {"o": b"orphan\n"})))
+    (cache_dir / "p").mkdir(parents=True)
+    os.rename(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
+    got = fetch_json(cache_dir, "/nonexistent/orphan.tar.gz", "--hash", orphan["hash"])
+    assert (got["hash"], got["cached"], got["files"], got["bytes"]) == (orphan["hash"], True, 1, 7)
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+def test_archive_and_format_aliases(tmp_path: Path, cache_dir: Path) -> None:
+    archive = tar_gz(tmp_path / "small.tar.gz", SMALL)
+    first = fetch_json(cache_dir, str(archive), "--format", "nar", "--format", "git")
+    assert first["cached"] is False and first["nar"] and first["git"]
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert first["archive_sha256"] == digest
+
+    # Same bytes under another name: recognised by the archive's digest, not unpacked again.
+    copy = tmp_path / "renamed.tgz"
+    shutil.copyfile(archive, copy)
+    for again in (fetch_json(cache_dir, str(archive)), fetch_json(cache_dir, str(copy))):
+        assert again["cached"] is True
+        assert again["hash"] == first["hash"]
+        assert (again["nar"], again["git"], again["archive_sha256"]) == (first["nar"], first["git"], digest)
+    assert packages(cache_dir) == [first["hash"]] and tmp_entries(cache_dir) == []
+
+    cache = Cache(cache_dir)
+    try:
+        assert cache.resolve("nar", first["nar"]) == first["hash"]
+        assert cache.resolve("git", first["git"]) == first["hash"]
+        assert cache.resolve("archive-sha256", digest) == first["hash"]
+        assert cache.resolve("bt2", first["hash"]) == first["hash"]
+        assert cache.resolve("nar", "0" * 52) is None
+    finally:
+        cache.close()

@@ -1,0 +1,257 @@
+"""HTTP(S) fetching against a real server on 127.0.0.1 that each test scripts.
+
+The server is ``http.server.ThreadingHTTPServer`` on port 0 in a daemon thread; a route table
+says what each path answers (status, headers, body, and an announced length that may lie). The
+client is the real ``treeseed fetch`` in a subprocess. Every failure must be exactly one
+``treeseed: error:`` line naming the URL and the reason, exit status 1, and leave nothing in the
+cache's ``p/`` or ``tmp/``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import make_tree, run_cli
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    length: int | None = None  # the Content-Length announced; default: the body's true length
+
+
+class Handler(BaseHTTPRequestHandler):
+    # HTTP/1.0: the server closes the connection after every reply, so a short body ends early.
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        reply = self.server.routes.get(self.path)  # type: ignore[attr-defined]
+        if reply is None:
+            reply = Reply(404, b"no route", {"Content-Type": "text/plain"})
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
+        self.end_headers()
+        try:
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on an error page: fine
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Server:
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.routes = {}  # type: ignore[attr-defined]
+        self.httpd.hits = []  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def routes(self) -> dict[str, Reply]:
+        return self.httpd.routes  # type: ignore[attr-defined]
+
+    @property
+    def hits(self) -> list[str]:
+        return self.httpd.hits  # type: ignore[attr-defined]
+
+    def url(self, path: str) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_archive(tmp_path: Path, spec: dict[str, object] | None = None, name: str = "pkg.tar.gz") -> Path:
+    root = make_tree(tmp_path / "src-tree" / name, spec or {
+        "README": b"hello\n", "bin/run": ("x", b"#!/bin/sh\n"), "src/lib.c": b"int x;\n" * 100,
+    })
+    archive = tmp_path / name
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname="pkg-1.0")
+    return archive
+
+
+def tar_gz_bytes(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=0) as tf:
+        info = tarfile.TarInfo("pkg/blob")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def archive_reply(archive: Path, ctype: str = "application/gzip") -> Reply:
+    return Reply(200, archive.read_bytes(), {"Content-Type": ctype})
+
+
+def fetch(cache: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("fetch", url, *args, cache=cache, check=False)
+
+
+def hash_of(cache: Path, archive: Path) -> str:
+    return run_cli("hash", str(archive), cache=cache).stdout.strip()
+
+
+def assert_cache_clean(cache: Path) -> None:
+    for sub in ("p", "tmp"):
+        d = cache / sub
+        assert not d.exists() or not any(d.iterdir()), f"{d} holds {sorted(os.listdir(d))}"
+
+
+def assert_fails(cache: Path, url: str, *needles: str) -> str:
+    proc = fetch(cache, url)
+    assert proc.returncode == 1, proc
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("treeseed: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    assert_cache_clean(cache)
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- success
+
+
+@pytest.mark.parametrize("ctype", ["application/gzip", "text/plain", None],
+                         ids=["gzip", "lying-text-plain", "no-content-type"])
+def test_download_hashes_like_the_file(tmp_path: Path, cache_dir: Path, server: Server,
+                                       ctype: str | None) -> None:
+    archive = make_archive(tmp_path)
+    server.routes["/dl/pkg-1.0.tar.gz"] = Reply(200, archive.read_bytes(),
+                                                {"Content-Type": ctype} if ctype else {})
+    url = server.url("/dl/pkg-1.0.tar.gz")
+    proc = run_cli("fetch", url, "--json", cache=cache_dir)
+    got = json.loads(proc.stdout)
+    assert got["hash"] == hash_of(tmp_path / "other-cache", archive)
+    assert (got["cached"], got["source"], got["files"]) == (False, url, 3)
+    assert got["transferred"] == archive.stat().st_size
+    assert sorted(os.listdir(cache_dir / "p")) == [got["hash"]]
+    assert os.listdir(cache_dir / "tmp") == []
+
+
+def test_redirect_chain_to_archive(tmp_path: Path, cache_dir: Path, server: Server) -> None:
+    archive = make_archive(tmp_path)
+    server.routes["/start"] = Reply(301, headers={"Location": "/next"})
+    server.routes["/next"] = Reply(302, headers={"Location": server.url("/mirror/a?x=1")})
+    server.routes["/mirror/a?x=1"] = Reply(307, headers={"Location": "../files/pkg.tar.gz"})
+    server.routes["/files/pkg.tar.gz"] = archive_reply(archive)
+    got = json.loads(run_cli("fetch", server.url("/start"), "--json", cache=cache_dir).stdout)
+    assert got["hash"] == hash_of(tmp_path / "other-cache", archive)
+    assert server.hits == ["/start", "/next", "/mirror/a?x=1", "/files/pkg.tar.gz"]
+
+
+def test_ten_redirects_are_fine_eleven_are_not(tmp_path: Path, cache_dir: Path, server: Server) -> None:
+    archive = make_archive(tmp_path)
+    for i in range(11):
+        server.routes[f"/r{i}"] = Reply(302, headers={"Location": f"/r{i + 1}"})
+    server.routes["/r11"] = archive_reply(archive)
+    assert fetch(cache_dir, server.url("/r1")).returncode == 0  # r1 -> ... -> r11: 10 hops
+    run_cli("cache", "rm", *os.listdir(cache_dir / "p"), cache=cache_dir)
+    line = assert_fails(cache_dir, server.url("/r0"), server.url("/r0"), "more than 10 redirects")
+    assert "/r10" in line
+
+
+def test_large_download_prints_only_the_result(tmp_path: Path, cache_dir: Path, server: Server) -> None:
+    body = tar_gz_bytes(os.urandom(6 << 20))  # past the progress bar's threshold
+    server.routes["/big.tar.gz"] = Reply(200, body, {"Content-Type": "application/octet-stream"})
+    proc = run_cli("fetch", server.url("/big.tar.gz"), cache=cache_dir)
+    assert proc.stderr == ""
+    (line,) = proc.stdout.splitlines()
+    package_hash, path = line.split("\t")
+    assert package_hash.startswith("bt2-") and Path(path).name == package_hash
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_http_404(cache_dir: Path, server: Server) -> None:
+    page = b"<!DOCTYPE html><html><head><title>Release asset not found</title></head>" \
+           b"<body><h1>404</h1><p>Nothing here.</p></body></html>"
+    server.routes["/gone.tar.gz"] = Reply(404, page, {"Content-Type": "text/html; charset=utf-8"})
+    url = server.url("/gone.tar.gz")
+    assert_fails(cache_dir, url, url, "HTTP 404", "Release asset not found")
+
+
+def test_http_500(cache_dir: Path, server: Server) -> None:
+    server.routes["/boom.tar.gz"] = Reply(500, b"database\non fire\n", {"Content-Type": "text/plain"})
+    url = server.url("/boom.tar.gz")
+    assert_fails(cache_dir, url, url, "HTTP 500", "database on fire")
+
+
+def test_html_page_with_status_200(cache_dir: Path, server: Server) -> None:
+    page = b"<html><head><title>Sign in - Example Git</title></head><body>login</body></html>"
+    server.routes["/pkg.tar.gz"] = Reply(200, page, {"Content-Type": "text/html"})
+    url = server.url("/pkg.tar.gz")
+    assert_fails(cache_dir, url, url, "HTML", "Sign in - Example Git")
+
+
+def test_html_page_served_as_binary(cache_dir: Path, server: Server) -> None:
+    page = b"\n  <!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>" + b"x" * 2000 + b"</body></html>"
+    server.routes["/pkg.tar.gz"] = Reply(200, page, {"Content-Type": "application/octet-stream"})
+    url = server.url("/pkg.tar.gz")
+    assert_fails(cache_dir, url, url, "HTML")
+
+
+def test_redirect_loop(cache_dir: Path, server: Server) -> None:
+    server.routes["/a"] = Reply(302, headers={"Location": "/b"})
+    server.routes["/b"] = Reply(302, headers={"Location": "/a"})
+    a, b = server.url("/a"), server.url("/b")
+    assert_fails(cache_dir, a, "redirect loop", f"{a} -> {b} -> {a}")
+
+
+def test_short_body(tmp_path: Path, cache_dir: Path, server: Server) -> None:
+    body = make_archive(tmp_path).read_bytes()
+    server.routes["/cut.tar.gz"] = Reply(200, body, {"Content-Type": "application/gzip"},
+                                         length=len(body) + 5000)
+    url = server.url("/cut.tar.gz")
+    assert_fails(cache_dir, url, url, f"announced {len(body) + 5000} bytes but sent {len(body)}",
+                 "5000 bytes missing")
+
+
+def test_connection_refused(cache_dir: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/pkg.tar.gz"
+    assert_fails(cache_dir, url, url, "connection refused")
