@@ -120,7 +120,7 @@ def test_fetch_installs_normalised_package(tmp_path: Path, cache_dir: Path) -> N
 
     size = sum(len(v[1] if isinstance(v, tuple) else v) for v in SMALL.values())
     (row,) = list_json(cache_dir)
-    assert (row["hash"], row["size"], row["files"], row["source"]) == (h, size, 5, str(archive))
+    assert (row["hash"], row["size"], row["files"], row["source"]) == (h, size, 5, archive.absolute().as_uri())
     text = run_cli("cache", "list", cache=cache_dir).stdout
     (line,) = text.splitlines()
     assert line.startswith(h) and f"{size / 1024:.1f} KiB" in line and "5 files" in line

@@ -214,3 +214,29 @@ def test_fetch_file_url_with_spaces(tmp_path: Path, cache_dir: Path) -> None:
         got = json.loads(run_cli("fetch", url, "--json", cache=cache_dir).stdout)
         assert got["hash"] == expected, target
     assert [p.name for p in (cache_dir / "p").iterdir()] == [expected]
+
+
+def test_json_reports_a_format_it_cannot_compute(tmp_path: Path, cache_dir: Path) -> None:
+    """A build.zig.zon Zig would reject leaves the zig hash undefined: --json says so and
+    still prints the other formats; asking for zig alone is an error."""
+    root = make_tree(tmp_path / "pkg", {"a.txt": b"a",
+                                        "build.zig.zon": b'.{ .name = .x, .version = "0.1.0" }'})
+    proc = run_cli("hash", str(root), "--json", cache=cache_dir)
+    got = json.loads(proc.stdout)
+    assert got["zig"] is None and "paths" in got["errors"]["zig"]
+    assert got["bt2"].startswith("bt2-") and got["nar"].startswith("sha256-")
+    assert "warning: no zig hash" in proc.stderr
+    only = run_cli("hash", str(root), "--format", "zig", cache=cache_dir, check=False)
+    assert only.returncode == 1 and "missing top-level 'paths'" in only.stderr
+
+
+def test_manifest_error_inside_archive_names_the_archive(tmp_path: Path, cache_dir: Path) -> None:
+    """The unpacked copy lives in a work directory that is gone by the time the user reads the
+    error: the message names the archive and the manifest inside it, with the line."""
+    root = make_tree(tmp_path / "pkg", {"treeseed.toml": b'[package]\nname = "x"\nbogus = 1\n',
+                                        "a.txt": b"a"})
+    archive = tar_gz(root, tmp_path / "pkg.tar.gz")
+    proc = run_cli("fetch", str(archive), cache=cache_dir, check=False)
+    assert proc.returncode == 1
+    assert f"{archive}: treeseed.toml:3 (key 'bogus')" in proc.stderr
+    assert "/tmp/w-" not in proc.stderr

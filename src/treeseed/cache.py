@@ -54,6 +54,10 @@ CREATE INDEX IF NOT EXISTS aliases_by_hash ON aliases(hash);
 """
 
 
+#: What :meth:`Cache.verify` says of a hash that is not in the cache at all.
+NOT_CACHED = "not in the cache"
+
+
 def default_cache_dir() -> Path:
     """``TREESEED_CACHE_DIR``, else the platform's user cache directory + ``treeseed``."""
     env = os.environ.get("TREESEED_CACHE_DIR")
@@ -245,11 +249,11 @@ class Cache:
         finally:
             os.close(fd)
 
-    def install(self, tree: Path, package_hash: str) -> Path:
+    def install(self, tree: Path, package_hash: str) -> bool:
         """Rename the verified ``tree`` into ``p/<hash>``: the package appears whole or not at all.
 
-        If another process installed the same package meanwhile, ours is simply dropped: equal
-        hashes mean equal trees.
+        Returns False when the package was already there (another process, or an earlier fetch of
+        the same tree from elsewhere): ours is simply dropped, as equal hashes mean equal trees.
         """
         dest = self.path(package_hash)
         try:
@@ -257,7 +261,8 @@ class Cache:
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not dest.is_dir():
                 raise CacheError(f"cannot move {tree} into the cache at {dest}: {exc.strerror}") from None
-        return dest
+            return False
+        return True
 
     def remove(self, package_hash: str) -> bool:
         """Delete one package: renamed away first, so it disappears atomically.
@@ -320,7 +325,7 @@ class Cache:
         targets = list(hashes) if hashes else sorted(self._package_dirs())
         for h in targets:
             if not self.has(h):
-                yield h, "not in the cache"
+                yield h, NOT_CACHED
                 continue
             try:
                 entries = scan_tree(self.path(h), h)

@@ -123,9 +123,11 @@ def cmd_hash(args: argparse.Namespace) -> int:
     formats = list(ALL_FORMATS) if args.json else (args.formats or ["bt2"])
     if args.json and not _is_archive(args.path):
         formats.remove("archive-sha256")
-    report = hash_path(args.path, _cache(args), formats, _limits(args))
+    report = hash_path(args.path, _cache(args), formats, _limits(args), skip_unavailable=args.json)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
+        for fmt, problem in report.errors.items():
+            print(f"treeseed: warning: no {fmt} hash: {problem}", file=sys.stderr)
         return 0
     for fmt in formats:
         value = report.hashes[fmt]
@@ -194,16 +196,21 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
         print(f"{p.hash}  {_human(p.size):>9}  {p.files:>7} files  {used}  {label}")
     if not _quiet(args):
         total = sum(p.size for p in packages)
-        print(f"{len(packages)} packages, {_human(total)}", file=sys.stderr)
+        print(f"{_plural(len(packages), 'package')}, {_human(total)}", file=sys.stderr)
     return 0
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from .cache import NOT_CACHED
+
     bad = 0
     checked = 0
     for package_hash, problem in _cache(args).verify(args.hashes):
         checked += 1
-        if problem:
+        if problem == NOT_CACHED:
+            bad += 1
+            print(f"MISSING {package_hash}: not in the cache")
+        elif problem:
             bad += 1
             print(f"CORRUPT {package_hash}: {problem}; remove it with "
                   f"'treeseed cache rm {package_hash}' and fetch it again")
@@ -233,6 +240,10 @@ def cmd_cache_gc(args: argparse.Namespace) -> int:
     if not _quiet(args):
         print(f"{len(removed)} packages, {len(stale)} temporary entries {verb}", file=sys.stderr)
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def parse_duration(text: str) -> float:

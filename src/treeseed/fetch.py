@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .cache import Cache
-from .errors import HashMismatch, TreeseedError
-from .hashing import feed_file, hash_tree
+from .errors import HashMismatch, ManifestError, TreeseedError
+from .hashing import ALL_FORMATS, feed_file, hash_tree, make_format
 from .hashing.bt2 import FileDigest, MerkleHasher, info_hash, is_bt2
 from .package import Entry, apply_rules, scan_tree
 from .rules import Rules, rules_for
@@ -76,7 +76,8 @@ def _fetch_into(
     url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
     limits: Limits, progress: ProgressFn | None,
 ) -> FetchResult:
-    got = open_source(url).fetch(work, progress)
+    source = open_source(url)
+    got = source.fetch(work, progress)
     if got.kind == "archive":
         digest = got.archive_sha256 or sha256_file(got.path)
         known = cache.resolve("archive-sha256", digest)
@@ -89,17 +90,17 @@ def _fetch_into(
     if expected is not None and package.hash != expected:
         raise HashMismatch(url, expected, package.hash)
     extra = _extra_formats(package, formats, url)
-    path = cache.install(package.root, package.hash)
+    created = cache.install(package.root, package.hash)
     aliases = dict(extra)
     if unpacked.archive_sha256:
         aliases["archive-sha256"] = unpacked.archive_sha256
     manifest = package.rules.manifest
-    cache.record(package.hash, package.size, len(package.entries), url,
+    cache.record(package.hash, package.size, len(package.entries), source.canonical,
                  manifest.name if manifest else None, manifest.version if manifest else None,
                  bool(manifest and manifest.private))
     cache.add_aliases(package.hash, aliases)
-    return FetchResult(package.hash, path, len(package.entries), package.size, url, False,
-                       {"bt2": package.hash, **aliases}, got.bytes_transferred)
+    return FetchResult(package.hash, cache.path(package.hash), len(package.entries), package.size,
+                       url, not created, {"bt2": package.hash, **aliases}, got.bytes_transferred)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class PackageTree:
 
 def finish_tree(unpacked: Unpacked, source: str) -> PackageTree:
     """Apply the package's own rules to a fresh tree and compute its bt2 hash."""
-    rules = rules_for(unpacked.root)
+    rules = rules_for(unpacked.root, source)
     entries = apply_rules(unpacked.root, unpacked.entries, rules, source, unpacked.specials)
     package_hash = info_hash(entries, unpacked.digests, source)
     return PackageTree(unpacked.root, entries, unpacked.digests, rules, package_hash)
@@ -197,18 +198,30 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class HashReport:
-    """What ``treeseed hash`` reports for a directory or an archive."""
+    """What ``treeseed hash`` reports for a directory or an archive.
+
+    ``errors`` names formats that could not be computed (a ``build.zig.zon`` Zig rejects makes
+    the zig hash undefined) when the caller asked to skip rather than fail.
+    """
 
     hashes: dict[str, str]
     files: int
     bytes: int
+    errors: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict:
-        out = {k.replace("-", "_"): v for k, v in self.hashes.items()}
-        return {**out, "files": self.files, "bytes": self.bytes}
+        known = {**{k: None for k in self.errors}, **self.hashes}
+        out: dict = {k.replace("-", "_"): known[k] for k in ALL_FORMATS if k in known}
+        out.update({"files": self.files, "bytes": self.bytes})
+        if self.errors:
+            out["errors"] = self.errors
+        return out
 
 
-def hash_path(path: Path, cache: Cache, formats: Sequence[str], limits: Limits | None = None) -> HashReport:
+def hash_path(
+    path: Path, cache: Cache, formats: Sequence[str], limits: Limits | None = None,
+    skip_unavailable: bool = False,
+) -> HashReport:
     """Hash a local directory in place, or an archive unpacked in the cache's tmp/.
 
     An archive is never installed by hashing it; but if the package is already cached, the
@@ -216,23 +229,42 @@ def hash_path(path: Path, cache: Cache, formats: Sequence[str], limits: Limits |
     """
     source = str(path)
     if path.is_dir():
-        rules = rules_for(path)
-        entries = scan_tree(path, source, rules)
         if "archive-sha256" in formats:
             raise TreeseedError(f"{path}: archive-sha256 applies to archives, and this is a directory")
-        tree_formats = [f for f in dict.fromkeys(["bt2", *formats]) if f != "archive-sha256"]
-        hashes = hash_tree(path, entries, tree_formats, source)
-        report = HashReport(hashes, len(entries), sum(e.size for e in entries))
+        entries = scan_tree(path, source, rules_for(path))
+        wanted, errors = _available(path, ["bt2", *formats], source, skip_unavailable)
+        report = HashReport(hash_tree(path, entries, wanted, source), len(entries),
+                            sum(e.size for e in entries), errors)
     else:
         if not path.exists():
             raise TreeseedError(f"{path}: no such file or directory")
         with cache.workdir() as work:
             unpacked = unpack_archive(path, work / "tree", source, limits or Limits.from_env())
             package = finish_tree(unpacked, source)
-            hashes = {"bt2": package.hash, **_extra_formats(package, formats, source)}
+            wanted, errors = _available(package.root, formats, source, skip_unavailable)
+            hashes = {"bt2": package.hash, **_extra_formats(package, wanted, source)}
             if unpacked.archive_sha256:
                 hashes["archive-sha256"] = unpacked.archive_sha256
-            report = HashReport(hashes, len(package.entries), package.size)
+            report = HashReport(hashes, len(package.entries), package.size, errors)
     if cache.has(report.hashes["bt2"]):
         cache.add_aliases(report.hashes["bt2"], report.hashes)
     return report
+
+
+def _available(
+    root: Path, formats: Sequence[str], source: str, skip: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Split ``formats`` into those that can be computed for ``root`` and why the rest cannot."""
+    wanted: list[str] = []
+    errors: dict[str, str] = {}
+    for name in dict.fromkeys(formats):
+        if name not in ("bt2", "archive-sha256"):
+            try:
+                make_format(name, root, source)
+            except ManifestError as exc:
+                if not skip:
+                    raise
+                errors[name] = str(exc)
+                continue
+        wanted.append(name)
+    return wanted, errors

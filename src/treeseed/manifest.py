@@ -56,15 +56,19 @@ class Manifest:
         return ManifestError(self.path, problem, self.line_of(key, table), key)
 
 
-def load(path: Path) -> Manifest:
-    """Parse and validate ``path``; raise :class:`ManifestError` on any problem."""
+def load(path: Path, display: str | None = None) -> Manifest:
+    """Parse and validate ``path``; raise :class:`ManifestError` on any problem.
+
+    ``display`` names the file in errors when ``path`` is a temporary copy (an unpacked archive).
+    """
+    name = display or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError(str(path), f"not valid UTF-8 ({exc.reason})") from None
+        raise ManifestError(name, f"not valid UTF-8 ({exc.reason})") from None
     except OSError as exc:
-        raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
-    return loads(text, str(path))
+        raise ManifestError(name, f"cannot read: {exc.strerror}") from None
+    return loads(text, name)
 
 
 def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:

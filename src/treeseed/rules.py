@@ -34,18 +34,23 @@ def keep_all(path: str) -> bool:
     return True
 
 
-def rules_for(root: Path) -> Rules:
-    """Read the package manifest at ``root`` (if any) and compile its rules."""
+def rules_for(root: Path, source: str | None = None) -> Rules:
+    """Read the package manifest at ``root`` (if any) and compile its rules.
+
+    ``source`` is where the tree came from: errors then name ``<source>: treeseed.toml`` rather
+    than a work directory that is about to disappear.
+    """
     toml_path = root / MANIFEST_NAME
     if toml_path.is_file() and not toml_path.is_symlink():
-        manifest = manifest_mod.load(toml_path)
+        manifest = manifest_mod.load(toml_path, f"{source}: {MANIFEST_NAME}" if source else None)
         return Rules(MANIFEST_NAME, compile_patterns(manifest.include, manifest.exclude), manifest)
     zon_path = root / ZIG_MANIFEST_NAME
     if zon_path.is_file() and not zon_path.is_symlink():
         from . import zon
         from .hashing.zig import paths_filter
 
-        info = zon.manifest_info(zon.load(zon_path), str(zon_path))
+        display = f"{source}: {ZIG_MANIFEST_NAME}" if source else str(zon_path)
+        info = zon.manifest_info(zon.load(zon_path, display), display)
         zig_keep = paths_filter(info.paths)
         return Rules(ZIG_MANIFEST_NAME, lambda path: path == ZIG_MANIFEST_NAME or zig_keep(path))
     return Rules("all", keep_all)

@@ -131,17 +131,21 @@ class EmptyInit(ZonStruct):
         return "EmptyInit()"
 
 
-def load(path: Path) -> dict:
-    """Parse the ZON file at ``path``, whose top level must be a struct (as a manifest's is)."""
+def load(path: Path, display: str | None = None) -> dict:
+    """Parse the ZON file at ``path``, whose top level must be a struct (as a manifest's is).
+
+    ``display`` names the file in errors when ``path`` is a temporary copy (an unpacked archive).
+    """
+    name = display or str(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ManifestError(str(path), f"cannot read: {e.strerror or e}") from None
+        raise ManifestError(name, f"cannot read: {e.strerror or e}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(str(path), f"larger than {MAX_MANIFEST_BYTES} bytes")
-    value = loads(raw.decode("utf-8", "surrogateescape"), str(path))
+        raise ManifestError(name, f"larger than {MAX_MANIFEST_BYTES} bytes")
+    value = loads(raw.decode("utf-8", "surrogateescape"), name)
     if not isinstance(value, dict):
-        raise ManifestError(str(path), "expected top level expression to be a struct", line=1)
+        raise ManifestError(name, "expected top level expression to be a struct", line=1)
     return value
 
 

@@ -95,7 +95,7 @@ class ZigFormat:
 
     def __init__(self, root: Path, source: str = "") -> None:
         self.source = source or str(root)
-        self.manifest = read_manifest(root)
+        self.manifest = read_manifest(root, source)
         self.keep = paths_filter(self.manifest.paths if self.manifest else None)
         self.digest: bytes | None = None
         self.total_size = 0
@@ -113,17 +113,21 @@ class ZigFormat:
         return package_hash(self.digest, self.total_size, man.name, man.version, man.id)
 
 
-def read_manifest(root: Path) -> ZigManifest | None:
-    """The package's manifest as ``zig fetch`` checks it, or None when the tree has none."""
+def read_manifest(root: Path, source: str = "") -> ZigManifest | None:
+    """The package's manifest as ``zig fetch`` checks it, or None when the tree has none.
+
+    ``source`` (an archive or URL the tree was unpacked from) names the file in errors.
+    """
     path = root / MANIFEST_NAME
     if not path.is_file():  # follows a symlink, as zig's open does
         return None
-    data = load(path)
-    man = manifest_info(data, str(path))
+    display = f"{source}: {MANIFEST_NAME}" if source and source != str(root) else str(path)
+    data = load(path, display)
+    man = manifest_info(data, display)
     if man.paths is None:
         # `zig build` tolerates this in a project's own manifest; every fetched package needs it.
         line = getattr(data, "line", 0) or 1
-        raise ManifestError(str(path), "missing top-level 'paths' field", line=line)
+        raise ManifestError(display, "missing top-level 'paths' field", line=line)
     return man
 
 

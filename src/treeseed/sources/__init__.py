@@ -33,6 +33,8 @@ class Fetched:
 
 class Source(Protocol):
     url: str
+    #: The URL as recorded in the index: absolute, so it still means something elsewhere.
+    canonical: str
 
     def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched: ...
 

@@ -42,6 +42,7 @@ def pool():
 class HttpSource:
     def __init__(self, url: str) -> None:
         self.url = url
+        self.canonical = url
 
     def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
         response = open_url(self.url)

@@ -16,6 +16,7 @@ class LocalSource:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = local_path(url)
+        self.canonical = self.path.absolute().as_uri()
 
     def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
         try:
