@@ -32,5 +32,6 @@ def deterministic_tar_gz(src: Path, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    deterministic_tar_gz(HERE / "hello-1.0", HERE / "hello-1.0.tar.gz")
-    print(HERE / "hello-1.0.tar.gz")
+    for name in ("hello-1.0", "greet-2.1"):
+        deterministic_tar_gz(HERE / name, HERE / f"{name}.tar.gz")
+        print(HERE / f"{name}.tar.gz")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    if getattr(args, "directory", None) is not None:
+        try:
+            os.chdir(args.directory)
+        except OSError as exc:
+            print(f"treeseed: error: -C {args.directory}: {exc.strerror}", file=sys.stderr)
+            return 1
     try:
         return args.run(args) or 0
     except TreeseedError as exc:
@@ -44,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache root (default: $TREESEED_CACHE_DIR or the user cache dir)")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-C", dest="directory", type=Path, default=argparse.SUPPRESS,
+                        help="run as if started in this directory")
+    common.add_argument("--offline", action="store_true", default=argparse.SUPPRESS,
+                        help="use no network at all (local paths and file:// still work)")
 
     parser = argparse.ArgumentParser(
         prog="treeseed", parents=[common],
@@ -59,14 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
     p.set_defaults(run=cmd_hash)
 
-    p = sub.add_parser("fetch", parents=[common], help="fetch a package into the cache")
-    p.add_argument("url", help="http(s)://, file:// URL or a local path (archive or directory)")
+    p = sub.add_parser("fetch", parents=[common],
+                       help="fetch a package into the cache, or (no URL) this package's dependencies")
+    p.add_argument("url", nargs="?",
+                   help="http(s)://, file://, git+...:// URL or a local path (archive or directory); "
+                        "without it: every non-lazy dependency of the package here, and theirs")
+    p.add_argument("--lazy", action="store_true",
+                   help="without URL: also fetch the package's own lazy dependencies")
+    p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
     p.add_argument("--hash", dest="expected", help="expected bt2 hash: refuse anything else")
     p.add_argument("--format", action="append", choices=ALL_FORMATS, dest="formats", default=[],
                    help="also compute and record this format (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
     p.set_defaults(run=cmd_fetch)
+
+    p = sub.add_parser("add", parents=[common],
+                       help="fetch a package and add it to treeseed.toml with its hash")
+    p.add_argument("url", help="the dependency's URL (or a local path)")
+    p.add_argument("--name", help="dependency name (default: the package's own name, else the URL's)")
+    p.add_argument("--lazy", action="store_true", help="mark it lazy: fetched only when a build asks")
+    p.add_argument("--mirror", action="append", default=[], dest="mirrors",
+                   help="another URL serving the same package (repeatable)")
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("path", parents=[common], help="print the cache path of a dependency")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_path)
 
     cache = sub.add_parser("cache", parents=[common], help="inspect and maintain the cache")
     csub = cache.add_subparsers(metavar="ACTION")
@@ -140,8 +170,13 @@ def _is_archive(path: Path) -> bool:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    if args.url is None:
+        return cmd_fetch_dependencies(args)
     from .fetch import fetch
 
+    if _offline(args) and args.url.startswith(("http://", "https://", "git+http")):
+        raise TreeseedError(f"{args.url}: --offline forbids the network; fetch it by hash from "
+                            "the cache (--hash) or from a local path")
     with _progress(args) as progress:
         result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args), progress)
     if args.json:
@@ -152,6 +187,76 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             if fmt in result.formats:
                 print(f"{fmt}\t{result.formats[fmt]}")
     return 0
+
+
+def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
+    """``treeseed fetch`` in a package: every non-lazy dependency, transitively."""
+    from .deps import Resolver, base_url_of, find_package
+    from .manifest import MANIFEST_NAME, load
+    from .progress import reporter
+
+    root = find_package(Path.cwd())
+    manifest = load(root / MANIFEST_NAME)
+    with reporter(quiet=_quiet(args) or args.json) as (events, _summary):
+        resolver = Resolver(_cache(args), offline=_offline(args), jobs=args.jobs, events=events)
+        resolved = resolver.fetch_all(manifest, base_url_of(root), include_lazy=args.lazy)
+    if args.json:
+        print(json.dumps([r.as_json() for r in resolved], indent=2))
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .deps import base_url_of, find_package
+    from .fetch import fetch, package_name
+    from .manifest import MANIFEST_NAME, Dependency, add_dependency
+
+    root = find_package(Path.cwd())
+    url = _manifest_url(args.url, root)
+    absolute = args.url if "://" in args.url else Path(args.url).resolve().as_uri()
+    cache = _cache(args)
+    with _progress(args) as progress:
+        result = fetch(absolute, cache, progress=progress)
+    for mirror in args.mirrors:  # every URL of a dependency must give the same package
+        fetch(mirror if "://" in mirror else Path(mirror).resolve().as_uri(), cache, result.hash)
+    name = args.name or package_name(result.path, args.url)
+    dep = Dependency(name, url, tuple(_manifest_url(m, root) for m in args.mirrors), result.hash,
+                     args.lazy, result.revision)
+    add_dependency(root / MANIFEST_NAME, dep)
+    if not _quiet(args):
+        print(f"added {name} {result.hash} to {root / MANIFEST_NAME}")
+    return 0
+
+
+def _manifest_url(url: str, root: Path) -> str:
+    """URLs stay as given; a local path is written relative to the package, as it will be read."""
+    if "://" in url:
+        return url
+    return os.path.relpath(Path(url).resolve(), root)
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    from .deps import find_package
+    from .manifest import MANIFEST_NAME, load
+
+    root = find_package(Path.cwd())
+    manifest = load(root / MANIFEST_NAME)
+    dep = manifest.dependencies.get(args.name)
+    if dep is None:
+        raise TreeseedError(f"{manifest.path}: no dependency named {args.name!r}; it declares "
+                            f"{', '.join(sorted(manifest.dependencies)) or 'none'}")
+    cache = _cache(args)
+    if not dep.hash:
+        raise TreeseedError(f"{manifest.path}:{dep.line}: dependency {args.name!r} has no hash "
+                            "yet; run 'treeseed update' to pin it")
+    if not cache.has(dep.hash):
+        raise TreeseedError(f"dependency {args.name!r} ({dep.hash}) is not in the cache; run "
+                            "'treeseed fetch' first")
+    print(cache.path(dep.hash))
+    return 0
+
+
+def _offline(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "offline", False)) or os.environ.get("TREESEED_OFFLINE") == "1"
 
 
 class _progress:

@@ -23,9 +23,9 @@ from typing import Sequence
 
 from .cache import Cache
 from .errors import HashMismatch, ManifestError, TreeseedError
-from .hashing import ALL_FORMATS, feed_file, hash_tree, make_format
+from .hashing import ALL_FORMATS, Bt2Format, feed_file, hash_files, hash_tree, make_format
 from .hashing.bt2 import FileDigest, MerkleHasher, info_hash, is_bt2
-from .package import Entry, apply_rules, scan_tree
+from .package import Entry, apply_rules, prune_tree, scan_tree
 from .rules import Rules, rules_for
 from .sources import Fetched, ProgressFn, open_source
 from .unpack import Limits, Unpacked, unpack_archive
@@ -43,13 +43,17 @@ class FetchResult:
     cached: bool
     formats: dict[str, str] = field(default_factory=dict)
     transferred: int = 0
+    revision: str | None = None  # what a git reference resolved to
 
     def as_json(self) -> dict:
-        return {
+        out = {
             "hash": self.hash, "path": str(self.path), "files": self.files, "bytes": self.bytes,
             "source": self.source, "cached": self.cached, "transferred": self.transferred,
             **{k.replace("-", "_"): v for k, v in self.formats.items()},
         }
+        if self.revision:
+            out["revision"] = self.revision
+        return out
 
 
 def fetch(
@@ -82,8 +86,12 @@ def _fetch_into(
         digest = got.archive_sha256 or sha256_file(got.path)
         known = cache.resolve("archive-sha256", digest)
         if known and (expected is None or known == expected):
-            return _cached(cache, known, url, formats, transferred=got.bytes_transferred)
+            hit = _cached(cache, known, url, formats, transferred=got.bytes_transferred)
+            hit.revision = got.revision
+            return hit
         unpacked = unpack_archive(got.path, work / "tree", url, limits, archive_sha256=digest)
+    elif got.kind == "tree":
+        unpacked = adopt_tree(got.path, url)
     else:
         unpacked = copy_tree(got.path, work / "tree", url)
     package = finish_tree(unpacked, url)
@@ -100,7 +108,8 @@ def _fetch_into(
                  bool(manifest and manifest.private))
     cache.add_aliases(package.hash, aliases)
     return FetchResult(package.hash, cache.path(package.hash), len(package.entries), package.size,
-                       url, not created, {"bt2": package.hash, **aliases}, got.bytes_transferred)
+                       url, not created, {"bt2": package.hash, **aliases}, got.bytes_transferred,
+                       got.revision)
 
 
 @dataclass
@@ -180,6 +189,15 @@ def copy_tree(src: Path, dest: Path, source: str) -> Unpacked:
     return Unpacked(dest, copied, digests)
 
 
+def adopt_tree(root: Path, source: str) -> Unpacked:
+    """Take over a directory a source built in the work directory (a git checkout): delete what
+    the package rules exclude, then hash the rest in place, without copying."""
+    entries = scan_tree(root, source, rules_for(root, source))
+    prune_tree(root, {e.path for e in entries})
+    digests = hash_files(root, entries, [Bt2Format(root, source)])["bt2"]
+    return Unpacked(root, entries, digests)
+
+
 def _copy_file(src: bytes, dst: bytes, executable: bool) -> FileDigest:
     mode = 0o755 if executable else 0o644
     hasher = MerkleHasher()
@@ -188,6 +206,36 @@ def _copy_file(src: bytes, dst: bytes, executable: bool) -> FileDigest:
         feed_file(src, [hasher.update, out.write])
         os.fchmod(out.fileno(), mode)
     return hasher.finish()
+
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar.zst",
+                     ".tzst", ".tar", ".zip", ".git")
+
+
+def package_name(package_dir: Path, url: str) -> str:
+    """A name for a dependency: the package's own (treeseed.toml, build.zig.zon), else the last
+    part of its URL without archive suffixes (``zlib-1.3.1.tar.gz`` -> ``zlib-1.3.1``)."""
+    from .manifest import MANIFEST_NAME
+    from .manifest import load as load_manifest
+
+    if (package_dir / MANIFEST_NAME).is_file():
+        name = load_manifest(package_dir / MANIFEST_NAME).name
+        if name:
+            return name
+    zon = package_dir / "build.zig.zon"
+    if zon.is_file():
+        from .zon import load as load_zon
+
+        name = load_zon(zon).get("name")
+        if isinstance(name, str) and name:
+            return name
+    last = url.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "dependency"
+    for suffix in _ARCHIVE_SUFFIXES:
+        if last.lower().endswith(suffix):
+            last = last[: -len(suffix)]
+            break
+    cleaned = "".join(c if c.isalnum() or c in "_.+-" else "-" for c in last).lstrip(".-")
+    return cleaned or "dependency"
 
 
 def sha256_file(path: Path) -> str:

@@ -47,10 +47,18 @@ class Manifest:
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     build: str | None = None
+    dependencies: dict[str, "Dependency"] = field(default_factory=dict)
 
     def line_of(self, key: str, table: str | None = None) -> int | None:
-        """Best-effort line number of ``key`` (inside ``[table]`` when given), for errors."""
-        return line_of(self.text, key, table)
+        """Best-effort line number of ``key`` (inside ``[table]`` when given), for errors.
+
+        Inline tables (``zlib = { url = ... }``) fall back to the line naming the table.
+        """
+        line = line_of(self.text, key, table)
+        if line is None and table and "." in table:
+            parent, _, name = table.rpartition(".")
+            line = line_of(self.text, name, parent)
+        return line
 
     def error(self, problem: str, key: str, table: str | None = None) -> ManifestError:
         return ManifestError(self.path, problem, self.line_of(key, table), key)
@@ -84,6 +92,7 @@ def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:
                 f"unknown table; expected one of {', '.join(sorted(_TOP_LEVEL))}", key
             )
     _read_package(manifest, data.get("package", {}))
+    manifest.dependencies = _read_dependencies(manifest, data.get("dependencies", {}))
     return manifest
 
 
@@ -109,6 +118,69 @@ def _read_package(manifest: Manifest, table: Any) -> None:
     manifest.include = table.get("include")
     manifest.exclude = table.get("exclude", [])
     manifest.build = table.get("build")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One ``[dependencies.NAME]`` entry.
+
+    ``url`` and ``mirrors`` are tried in order and must all yield the package ``hash``. A
+    relative URL is read relative to the manifest that names it (its directory for a local
+    package, its own URL for a fetched one), so example trees and monorepos need no absolute
+    paths. ``rev`` records what a git reference resolved to when the hash was taken.
+    """
+
+    name: str
+    url: str
+    mirrors: tuple[str, ...] = ()
+    hash: str | None = None
+    lazy: bool = False
+    rev: str | None = None
+    line: int | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.mirrors]
+
+
+_DEPENDENCY_KEYS: dict[str, type] = {"url": str, "mirrors": list, "hash": str, "lazy": bool, "rev": str}
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+_BT2 = re.compile(r"^bt2-[0-9a-f]{64}$")
+
+
+def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
+    if not isinstance(table, dict):
+        raise manifest.error("[dependencies] must be a table of tables", "dependencies")
+    deps: dict[str, Dependency] = {}
+    for name, spec in table.items():
+        where = f"dependencies.{name}"
+        if not _NAME.match(name):
+            raise manifest.error("dependency names use letters, digits and _ . + - only", name,
+                                 "dependencies")
+        if not isinstance(spec, dict):
+            raise manifest.error("a dependency must be a table with at least a url", name,
+                                 "dependencies")
+        for key, value in spec.items():
+            expected = _DEPENDENCY_KEYS.get(key)
+            if expected is None:
+                raise manifest.error(f"unknown key in [{where}]; expected one of "
+                                     f"{', '.join(sorted(_DEPENDENCY_KEYS))}", key, where)
+            if not isinstance(value, expected):
+                raise manifest.error(f"must be a {_type_name(expected)}, not "
+                                     f"{_type_name(type(value))}", key, where)
+        if "url" not in spec:
+            raise manifest.error(f"dependency {name!r} has no url", name, "dependencies")
+        mirrors = spec.get("mirrors", [])
+        if not all(isinstance(m, str) and m for m in mirrors) or not spec["url"]:
+            raise manifest.error("URLs must be non-empty strings", "mirrors" if mirrors else "url", where)
+        package_hash = spec.get("hash")
+        if package_hash is not None and not _BT2.match(package_hash):
+            raise manifest.error(f"{package_hash!r} is not a treeseed hash (bt2- and 64 lowercase "
+                                 "hex digits); 'treeseed update' writes the right one", "hash", where)
+        deps[name] = Dependency(name, spec["url"], tuple(mirrors), package_hash,
+                                spec.get("lazy", False), spec.get("rev"),
+                                manifest.line_of(name, "dependencies") or manifest.line_of("url", where))
+    return deps
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -141,3 +213,47 @@ def line_of(text: str, key: str, table: str | None = None) -> int | None:
         if (table is None or current == table) and key_re.match(line):
             return number
     return None
+
+
+def add_dependency(path: Path, dep: Dependency) -> None:
+    """Write ``dep`` into the manifest at ``path`` as ``[dependencies.NAME]``, keeping the file's
+    comments and layout (tomlkit edits the document in place), and replace the file atomically.
+    """
+    import os
+    import tempfile
+
+    import tomlkit
+
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    doc = tomlkit.parse(text)
+    current = loads(text, str(path)) if text else None
+    if current is not None and dep.name in current.dependencies:
+        raise ManifestError(str(path), f"dependency {dep.name!r} already exists; choose another "
+                            "--name, or run 'treeseed update' to refresh it",
+                            current.dependencies[dep.name].line, dep.name)
+    if "dependencies" not in doc:
+        doc.add(tomlkit.nl())
+        doc["dependencies"] = tomlkit.table(is_super_table=True)
+    entry = tomlkit.table()
+    entry["url"] = dep.url
+    if dep.mirrors:
+        entry["mirrors"] = list(dep.mirrors)
+    if dep.hash:
+        entry["hash"] = dep.hash
+    if dep.rev:
+        entry["rev"] = dep.rev
+    if dep.lazy:
+        entry["lazy"] = True
+    doc["dependencies"][dep.name] = entry  # type: ignore[index]
+    out = tomlkit.dumps(doc)
+    loads(out, str(path))  # never write a manifest treeseed itself could not read back
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(out)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -210,3 +210,29 @@ def _remove_empty_dirs(base: bytes, candidates: set[str]) -> None:
             except OSError:
                 break  # not empty (or already gone): its ancestors are not empty either
             path = posixpath.dirname(path)
+
+
+def prune_tree(root: Path, keep: set[str]) -> None:
+    """Delete every entry below ``root`` whose path is not in ``keep``, and every directory left
+    empty. Links are removed, never followed."""
+    _prune(os.fsencode(root), "", keep)
+
+
+def _prune(base: bytes, prefix: str, keep: set[str]) -> bool:
+    """Prune one directory; return True when it is left empty."""
+    empty = True
+    with os.scandir(os.path.join(base, os.fsencode(prefix)) if prefix else base) as it:
+        children = list(it)
+    for de in children:
+        name = os.fsdecode(de.name)
+        path = f"{prefix}/{name}" if prefix else name
+        if de.is_dir(follow_symlinks=False):
+            if _prune(base, path, keep):
+                os.rmdir(de.path)
+            else:
+                empty = False
+        elif path in keep:
+            empty = False
+        else:
+            os.unlink(de.path)
+    return empty

@@ -23,12 +23,20 @@ ProgressFn = Callable[[int, "int | None"], None]
 
 @dataclass
 class Fetched:
-    """What a source delivered into the work directory (or, for local sources, where it is)."""
+    """What a source delivered.
 
-    kind: Literal["archive", "dir"]
+    ``archive``: an archive file (in the work directory, or a local file read in place).
+    ``dir``: a directory that is not ours (a local path): the pipeline copies what it keeps.
+    ``tree``: a directory inside the work directory that the pipeline may take over and trim in
+    place (a git checkout with ``.git`` already removed).
+    ``revision`` is what the source resolved its reference to (a git commit id), if anything.
+    """
+
+    kind: Literal["archive", "dir", "tree"]
     path: Path
     archive_sha256: str | None = None
     bytes_transferred: int = 0
+    revision: str | None = None
 
 
 class Source(Protocol):
@@ -42,6 +50,10 @@ class Source(Protocol):
 def open_source(url: str) -> Source:
     """Pick the source for ``url``: ``http(s)://``, ``file://`` or a plain path."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.startswith("git+"):
+        from .git import GitSource
+
+        return GitSource(url)
     if scheme in ("http", "https"):
         from .http import HttpSource
 
@@ -51,4 +63,4 @@ def open_source(url: str) -> Source:
 
         return LocalSource(url)
     raise FetchError(f"{url}: unsupported URL scheme {scheme!r}; treeseed fetches http://, "
-                     "https://, file:// and local paths")
+                     "https://, file://, git+https://, git+http://, git+file:// and local paths")

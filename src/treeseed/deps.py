@@ -1,0 +1,243 @@
+"""Fetching a package's dependencies, and theirs, in parallel.
+
+:class:`Resolver` walks the dependency graph breadth first. A dependency whose hash is already
+in the cache costs one ``stat`` and one read of its manifest, with no lock, no index and no
+network: that is the path a rebuild takes, so this module imports the fetch pipeline only
+when something is actually missing. Otherwise each of the dependency's URLs (``url``, then
+``mirrors``) is tried in order until one yields the expected hash; a failure or a mismatch
+moves on to the next, and the final error lists every URL with what went wrong.
+
+A relative URL in a manifest is read relative to where that manifest came from: the package
+directory for the root, the dependency's own URL for a fetched package.
+
+>>> resolver = Resolver(Cache())                               # doctest: +SKIP
+>>> resolved = resolver.fetch_all(load(Path("treeseed.toml")), base_url_of(Path(".")))
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urljoin
+
+from .cache import Cache
+from .errors import TreeseedError
+from .manifest import MANIFEST_NAME, Dependency, Manifest
+from .manifest import load as load_manifest
+
+NETWORK_SCHEMES = ("http://", "https://", "git+http://", "git+https://")
+
+
+class DependencyError(TreeseedError):
+    """One or more dependencies could not be fetched; the message lists each, with every URL."""
+
+
+@dataclass
+class Resolved:
+    """One dependency, fetched or found in the cache."""
+
+    name: str
+    hash: str
+    path: Path
+    url: str  # the URL it came from (or its first URL, when it was cached)
+    cached: bool
+    transferred: int = 0
+    parent: str | None = None  # the package that asked for it (None: the root)
+    lazy: bool = False
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "hash": self.hash, "path": str(self.path), "url": self.url,
+                "cached": self.cached, "transferred": self.transferred, "parent": self.parent}
+
+
+@dataclass
+class Events:
+    """Callbacks a front end (progress display, log lines) can hook; all optional."""
+
+    started: Callable[[Dependency, str], None] = lambda dep, url: None
+    progress: Callable[[Dependency, int, int | None], None] = lambda dep, done, total: None
+    finished: Callable[[Resolved], None] = lambda resolved: None
+    failed_url: Callable[[Dependency, str, str], None] = lambda dep, url, why: None
+
+
+@dataclass
+class _Task:
+    dep: Dependency
+    base: str  # URL the dependency's relative URLs are read against
+    parent: str | None
+    manifest_path: str
+
+
+@dataclass
+class Resolver:
+    """Fetches dependency graphs into ``cache``.
+
+    ``offline`` forbids every network URL (local paths and file:// still work); ``jobs`` bounds
+    how many packages are fetched at once.
+    """
+
+    cache: Cache
+    offline: bool = False
+    jobs: int = 4
+    events: Events = field(default_factory=Events)
+
+    def fetch_all(self, manifest: Manifest, base: str, include_lazy: bool = False,
+                  names: Iterable[str] | None = None) -> list[Resolved]:
+        """Fetch ``manifest``'s dependencies (non-lazy unless ``include_lazy``; only ``names``
+        when given), then the non-lazy dependencies of each, transitively."""
+        wanted = set(names) if names is not None else None
+        roots = [_Task(d, base, None, manifest.path) for d in manifest.dependencies.values()
+                 if (include_lazy or not d.lazy) and (wanted is None or d.name in wanted)]
+        if wanted:
+            unknown = wanted - set(manifest.dependencies)
+            if unknown:
+                raise DependencyError(f"{manifest.path}: no dependency named "
+                                      f"{', '.join(sorted(unknown))}; it declares "
+                                      f"{', '.join(sorted(manifest.dependencies)) or 'none'}")
+        return self._walk(roots)
+
+    def _walk(self, roots: list[_Task]) -> list[Resolved]:
+        done: list[Resolved] = []
+        failures: list[str] = []
+        seen: set[str] = set()
+        pending: list[_Task] = []
+        for task in roots:
+            self._enqueue(task, seen, pending)
+        pool: ThreadPoolExecutor | None = None
+        running: dict[Future[Resolved], _Task] = {}
+        try:
+            while pending or running:
+                # The cache hits resolve inline: no thread, no lock, no import of the pipeline.
+                while pending:
+                    task = pending.pop(0)
+                    hit = self._cached(task)
+                    if hit is not None:
+                        self._finish(hit, task, done, seen, pending)
+                        continue
+                    if self.offline and _is_network(task):
+                        failures.append(self._describe(task, ["not in the cache, and --offline "
+                                                              "forbids the network"]))
+                        continue
+                    if pool is None:
+                        pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="treeseed-dep")
+                    running[pool.submit(self._fetch, task)] = task
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    try:
+                        self._finish(future.result(), task, done, seen, pending)
+                    except _AllUrlsFailed as exc:
+                        failures.append(self._describe(task, exc.reasons))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if failures:
+            count = f"{len(failures)} dependenc{'y' if len(failures) == 1 else 'ies'}"
+            raise DependencyError(f"{count} could not be fetched:\n" + "\n".join(failures))
+        return done
+
+    def _enqueue(self, task: _Task, seen: set[str], pending: list[_Task]) -> None:
+        """Queue a dependency once: the same hash (or, unpinned, the same URL) is one package."""
+        key = task.dep.hash or "url:" + _absolute(task.dep.url, task.base)
+        if key in seen:
+            return
+        seen.add(key)
+        pending.append(task)
+
+    def _finish(self, resolved: Resolved, task: _Task, done: list[Resolved],
+                seen: set[str], pending: list[_Task]) -> None:
+        done.append(resolved)
+        self.events.finished(resolved)
+        manifest_path = resolved.path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            return
+        child = load_manifest(manifest_path, f"{resolved.name} ({resolved.hash}): {MANIFEST_NAME}")
+        for dep in child.dependencies.values():
+            if not dep.lazy:
+                self._enqueue(_Task(dep, resolved.url, resolved.name, child.path), seen, pending)
+
+    def _cached(self, task: _Task) -> Resolved | None:
+        dep = task.dep
+        if dep.hash and self.cache.has(dep.hash):
+            return Resolved(dep.name, dep.hash, self.cache.path(dep.hash),
+                            _absolute(dep.url, task.base), True, parent=task.parent, lazy=dep.lazy)
+        return None
+
+    def _fetch(self, task: _Task) -> Resolved:
+        """Try each URL of the dependency in order; the first that yields its hash wins."""
+        from .fetch import fetch
+
+        dep = task.dep
+        cache = Cache(self.cache.root)  # one index connection per thread
+        reasons: list[str] = []
+        try:
+            for raw in dep.urls:
+                url = _absolute(raw, task.base)
+                if self.offline and url.startswith(NETWORK_SCHEMES):
+                    reasons.append(f"{url}: skipped, --offline")
+                    continue
+                self.events.started(dep, url)
+                try:
+                    result = fetch(url, cache, dep.hash,
+                                   progress=lambda done, total: self.events.progress(dep, done, total))
+                except TreeseedError as exc:
+                    why = str(exc)
+                    reasons.append(why if why.startswith(url) else f"{url}: {why}")
+                    self.events.failed_url(dep, url, why)
+                    continue
+                return Resolved(dep.name, result.hash, result.path, url, result.cached,
+                                result.transferred, task.parent, dep.lazy)
+        finally:
+            cache.close()
+        raise _AllUrlsFailed(reasons)
+
+    def _describe(self, task: _Task, reasons: list[str]) -> str:
+        dep = task.dep
+        where = f"{task.manifest_path}:{dep.line}" if dep.line else task.manifest_path
+        via = f" (needed by {task.parent})" if task.parent else ""
+        lines = [f"  {dep.name}{via}, declared at {where}:"]
+        lines += [f"    - {reason}" for reason in reasons]
+        return "\n".join(lines)
+
+
+class _AllUrlsFailed(Exception):
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+def _absolute(url: str, base: str) -> str:
+    """Read ``url`` relative to ``base`` (a URL or a directory URL ending in '/')."""
+    if "://" in url:
+        return url
+    if url.startswith("/"):
+        return Path(url).as_uri()
+    if url.startswith("~"):
+        return Path(url).expanduser().as_uri()
+    if base.startswith("git+"):
+        raise TreeseedError(f"relative URL {url!r} in a package fetched from git ({base}): "
+                            "write an absolute URL")
+    return urljoin(base, url)
+
+
+def _is_network(task: _Task) -> bool:
+    return all(_absolute(u, task.base).startswith(NETWORK_SCHEMES) for u in task.dep.urls)
+
+
+def base_url_of(package_dir: Path) -> str:
+    """The URL a local package's relative dependency URLs are read against."""
+    return package_dir.resolve().as_uri() + "/"
+
+
+def find_package(start: Path) -> Path:
+    """The directory holding the ``treeseed.toml`` at or above ``start`` (like git finds .git)."""
+    here = start.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+    raise TreeseedError(f"no {MANIFEST_NAME} in {here} or any parent directory; run this in a "
+                        "package directory, or pass -C DIR")
