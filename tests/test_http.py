@@ -1,98 +1,25 @@
 """HTTP(S) fetching against a real server on 127.0.0.1 that each test scripts.
 
-The server is ``http.server.ThreadingHTTPServer`` on port 0 in a daemon thread; a route table
-says what each path answers (status, headers, body, and an announced length that may lie). The
-client is the real ``treeseed fetch`` in a subprocess. Every failure must be exactly one
-``treeseed: error:`` line naming the URL and the reason, exit status 1, and leave nothing in the
-cache's ``p/`` or ``tmp/``.
+The server (tests/httpserver.py) is ``http.server.ThreadingHTTPServer`` on port 0 in a daemon
+thread; a route table says what each path answers (status, headers, body, and an announced
+length that may lie). The client is the real ``treeseed fetch`` in a subprocess. Every failure
+must be exactly one ``treeseed: error:`` line naming the URL and the reason, exit status 1, and
+leave nothing in the cache's ``p/`` or ``tmp/``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import socket
 import subprocess
 import tarfile
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from conftest import make_tree, run_cli
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    length: int | None = None  # the Content-Length announced; default: the body's true length
-
-
-class Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0: the server closes the connection after every reply, so a short body ends early.
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:
-        reply = self.server.routes.get(self.path)  # type: ignore[attr-defined]
-        if reply is None:
-            reply = Reply(404, b"no route", {"Content-Type": "text/plain"})
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
-        self.end_headers()
-        try:
-            self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up on an error page: fine
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class Server:
-    def __init__(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.routes = {}  # type: ignore[attr-defined]
-        self.httpd.hits = []  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    @property
-    def routes(self) -> dict[str, Reply]:
-        return self.httpd.routes  # type: ignore[attr-defined]
-
-    @property
-    def hits(self) -> list[str]:
-        return self.httpd.hits  # type: ignore[attr-defined]
-
-    def url(self, path: str) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
+from httpserver import Reply, Server, closed_port, tar_gz_bytes
+from httpserver import server  # noqa: F401  (the fixture)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -105,15 +32,6 @@ def make_archive(tmp_path: Path, spec: dict[str, object] | None = None, name: st
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(root, arcname="pkg-1.0")
     return archive
-
-
-def tar_gz_bytes(data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=0) as tf:
-        info = tarfile.TarInfo("pkg/blob")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def archive_reply(archive: Path, ctype: str = "application/gzip") -> Reply:
@@ -145,12 +63,6 @@ def assert_fails(cache: Path, url: str, *needles: str) -> str:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert_cache_clean(cache)
     return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- success
