@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import make_tree, run_cli
 from treeseed.cache import Cache
 from treeseed.fetch import hash_path
 
@@ -366,3 +366,27 @@ def test_archive_and_format_aliases(tmp_path: Path, cache_dir: Path) -> None:
         assert cache.resolve("nar", "0" * 52) is None
     finally:
         cache.close()
+
+
+def test_gc_keeps_packages_a_cached_dependency_fetch_used(tmp_path: Path, cache_dir: Path) -> None:
+    """A fully cached `treeseed fetch` does not open the index, yet counts as a use: it bumps
+    the package directory's mtime, which gc reads alongside the index's last_used."""
+    import sqlite3
+
+    lib = make_tree(tmp_path / "lib", {"a.txt": b"a"})
+    archive = tmp_path / "lib.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(lib, arcname="lib")
+    h = run_cli("hash", str(archive), cache=cache_dir).stdout.strip()
+    app = make_tree(tmp_path / "app", {"treeseed.toml": (
+        f'[dependencies.lib]\nurl = "../lib.tar.gz"\nhash = "{h}"\n').encode()})
+    run_cli("-C", str(app), "fetch", cache=cache_dir)
+    month_ago = time.time() - 40 * 86400
+    with sqlite3.connect(cache_dir / "index.sqlite") as db:
+        db.execute("UPDATE packages SET last_used = ?", (month_ago,))
+    os.utime(cache_dir / "p" / h, (month_ago, month_ago))
+    assert h in run_cli("cache", "gc", "--older-than", "30d", "--dry-run", cache=cache_dir).stdout
+    run_cli("-C", str(app), "fetch", cache=cache_dir)  # everything cached: index untouched
+    gc = run_cli("cache", "gc", "--older-than", "30d", cache=cache_dir)
+    assert h not in gc.stdout
+    assert (cache_dir / "p" / h).is_dir()

@@ -391,9 +391,7 @@ def test_failing_dependency_of_a_dependency_names_its_parent(tmp_path: Path, cac
      "must be a list"),
     ('url = "https://example.invalid/x.tar.gz"\nhash = "sha256-abc"\n', "hash", 3,
      "not a treeseed hash"),
-    pytest.param('hash = "bt2-' + "0" * 64 + '"\n', "x", 1, "has no url", marks=pytest.mark.xfail(
-        strict=True, reason="manifest.line_of finds no line for a [dependencies.NAME] header "
-                            "(see the report to the lead)")),
+    ('hash = "bt2-' + "0" * 64 + '"\n', "x", 1, "has no url"),
 ], ids=["unknown-key", "wrong-type", "mirrors-not-a-list", "malformed-hash", "missing-url"])
 def test_manifest_errors_name_file_line_and_key(tmp_path: Path, cache_dir: Path, server: Server,
                                                 body: str, key: str, line: int, words: str) -> None:
@@ -626,9 +624,6 @@ def test_add_with_a_mirror(tmp_path: Path, cache_dir: Path, servers) -> None:
     assert tomllib.loads(new)["dependencies"]["greet"] == {"url": url, "mirrors": [same], "hash": h}
 
 
-@pytest.mark.xfail(strict=True, reason="cli.cmd_add checks a mirror with fetch(mirror, cache, "
-                                       "hash), which returns the cached package without asking "
-                                       "the mirror (see the report to the lead)")
 def test_add_checks_that_a_mirror_serves_the_same_package(tmp_path: Path, cache_dir: Path,
                                                           servers) -> None:
     pk = Packages(tmp_path)
@@ -678,8 +673,6 @@ def test_add_to_a_manifest_without_dependencies(tmp_path: Path, cache_dir: Path,
     assert "1 dependency: 0 fetched (0 B), 1 already cached" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cli.cmd_add does not honour --offline: it fetches "
-                                       "http URLs (see the report to the lead)")
 def test_add_offline_uses_no_network(tmp_path: Path, cache_dir: Path, server: Server) -> None:
     pk = Packages(tmp_path)
     body, _ = pk.build("greet")

@@ -19,18 +19,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
-import secrets
-import shutil
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from .errors import CacheError
-from .hashing.bt2 import is_bt2
+from .ids import is_bt2
+
+if TYPE_CHECKING:
+    import sqlite3
+
+# sqlite3, hashlib, secrets and shutil are imported where used: a fully cached `treeseed
+# fetch` only checks directories, and it is measured against the cost of starting Python.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packages (
@@ -91,7 +93,7 @@ class Cache:
         self.packages_dir = self.root / "p"
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
-        self._db: sqlite3.Connection | None = None
+        self._db: "sqlite3.Connection | None" = None
 
     # ------------------------------------------------------------------ paths and lookups
 
@@ -121,7 +123,9 @@ class Cache:
     # ------------------------------------------------------------------ the index
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> "sqlite3.Connection":
+        import sqlite3
+
         if self._db is None:
             self._ensure_dirs()
             try:
@@ -183,6 +187,14 @@ class Cache:
             rows[missing] = self._reindex(missing)
         return sorted(rows.values(), key=lambda p: p.last_used, reverse=True)
 
+    def last_used(self, info: PackageInfo) -> float:
+        """The later of the index's last use and the directory's mtime, which a fully cached
+        dependency fetch bumps without opening the index."""
+        try:
+            return max(info.last_used, self.path(info.hash).stat().st_mtime)
+        except OSError:
+            return info.last_used
+
     def _reindex(self, package_hash: str) -> PackageInfo:
         from .package import scan_tree
 
@@ -217,6 +229,8 @@ class Cache:
     @contextlib.contextmanager
     def workdir(self) -> Iterator[Path]:
         """A private directory under tmp/, locked while alive and removed afterwards."""
+        import secrets
+
         self._ensure_dirs()
         path = self.tmp_dir / f"w-{os.getpid()}-{secrets.token_hex(6)}"
         path.mkdir()
@@ -235,6 +249,8 @@ class Cache:
         Two processes fetching the same thing queue here, so the second finds the package the
         first installed instead of unpacking it again.
         """
+        import hashlib
+
         self._ensure_dirs()
         name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         fd = os.open(self.locks_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -274,6 +290,8 @@ class Cache:
                 self._forget(package_hash)
             return False
         dest = self.path(package_hash)
+        import secrets
+
         self._ensure_dirs()
         trash = self.tmp_dir / f"rm-{package_hash}-{secrets.token_hex(4)}"
         os.rename(dest, trash)
@@ -286,7 +304,7 @@ class Cache:
     def gc(self, older_than: float, dry_run: bool = False) -> tuple[list[str], list[Path]]:
         """Remove packages unused for ``older_than`` seconds and abandoned tmp/ directories."""
         cutoff = time.time() - older_than
-        victims = [p.hash for p in self.list() if p.last_used < cutoff]
+        victims = [p.hash for p in self.list() if self.last_used(p) < cutoff]
         stale = list(self.stale_tmp())
         if not dry_run:
             for h in victims:
@@ -345,6 +363,8 @@ def _rmtree(path: Path) -> None:
             func(p)
         except OSError:
             pass
+
+    import shutil
 
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)

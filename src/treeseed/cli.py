@@ -174,9 +174,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         return cmd_fetch_dependencies(args)
     from .fetch import fetch
 
-    if _offline(args) and args.url.startswith(("http://", "https://", "git+http")):
-        raise TreeseedError(f"{args.url}: --offline forbids the network; fetch it by hash from "
-                            "the cache (--hash) or from a local path")
+    if _offline(args) and not (args.expected and _cache(args).has(args.expected)):
+        _refuse_network(args.url)
     with _progress(args) as progress:
         result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args), progress)
     if args.json:
@@ -211,13 +210,17 @@ def cmd_add(args: argparse.Namespace) -> int:
     from .manifest import MANIFEST_NAME, Dependency, add_dependency
 
     root = find_package(Path.cwd())
-    url = _manifest_url(args.url, root)
-    absolute = args.url if "://" in args.url else Path(args.url).resolve().as_uri()
+    urls = [args.url, *args.mirrors]
+    if _offline(args):
+        for url in urls:
+            _refuse_network(url)
+    absolute = [u if "://" in u else Path(u).resolve().as_uri() for u in urls]
     cache = _cache(args)
     with _progress(args) as progress:
-        result = fetch(absolute, cache, progress=progress)
-    for mirror in args.mirrors:  # every URL of a dependency must give the same package
-        fetch(mirror if "://" in mirror else Path(mirror).resolve().as_uri(), cache, result.hash)
+        result = fetch(absolute[0], cache, progress=progress)
+    for mirror in absolute[1:]:  # every URL of a dependency must give the same package
+        fetch(mirror, cache, result.hash, check_source=True)
+    url = _manifest_url(args.url, root)
     name = args.name or package_name(result.path, args.url)
     dep = Dependency(name, url, tuple(_manifest_url(m, root) for m in args.mirrors), result.hash,
                      args.lazy, result.revision)
@@ -253,6 +256,14 @@ def cmd_path(args: argparse.Namespace) -> int:
                             "'treeseed fetch' first")
     print(cache.path(dep.hash))
     return 0
+
+
+def _refuse_network(url: str) -> None:
+    from .deps import NETWORK_SCHEMES
+
+    if url.startswith(NETWORK_SCHEMES):
+        raise TreeseedError(f"{url}: --offline forbids the network; use a local path, or a "
+                            "package already in the cache")
 
 
 def _offline(args: argparse.Namespace) -> bool:

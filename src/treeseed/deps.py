@@ -16,16 +16,19 @@ directory for the root, the dependency's own URL for a fetched package.
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import urljoin
 
 from .cache import Cache
 from .errors import TreeseedError
 from .manifest import MANIFEST_NAME, Dependency, Manifest
 from .manifest import load as load_manifest
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 NETWORK_SCHEMES = ("http://", "https://", "git+http://", "git+https://")
 
@@ -105,8 +108,8 @@ class Resolver:
         pending: list[_Task] = []
         for task in roots:
             self._enqueue(task, seen, pending)
-        pool: ThreadPoolExecutor | None = None
-        running: dict[Future[Resolved], _Task] = {}
+        pool: "ThreadPoolExecutor | None" = None
+        running: "dict[Future[Resolved], _Task]" = {}
         try:
             while pending or running:
                 # The cache hits resolve inline: no thread, no lock, no import of the pipeline.
@@ -120,11 +123,15 @@ class Resolver:
                         failures.append(self._describe(task, ["not in the cache, and --offline "
                                                               "forbids the network"]))
                         continue
-                    if pool is None:
+                    if pool is None:  # imported here: a fully cached run never needs it
+                        from concurrent.futures import ThreadPoolExecutor
+
                         pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="treeseed-dep")
                     running[pool.submit(self._fetch, task)] = task
                 if not running:
                     break
+                from concurrent.futures import FIRST_COMPLETED, wait
+
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = running.pop(future)
@@ -163,8 +170,10 @@ class Resolver:
     def _cached(self, task: _Task) -> Resolved | None:
         dep = task.dep
         if dep.hash and self.cache.has(dep.hash):
-            return Resolved(dep.name, dep.hash, self.cache.path(dep.hash),
-                            _absolute(dep.url, task.base), True, parent=task.parent, lazy=dep.lazy)
+            path = self.cache.path(dep.hash)
+            _mark_used(path)
+            return Resolved(dep.name, dep.hash, path, _absolute(dep.url, task.base), True,
+                            parent=task.parent, lazy=dep.lazy)
         return None
 
     def _fetch(self, task: _Task) -> Resolved:
@@ -208,6 +217,15 @@ class _AllUrlsFailed(Exception):
     def __init__(self, reasons: list[str]) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+
+
+def _mark_used(path: Path) -> None:
+    """Record a use without opening the index: the package directory's mtime (gc reads the
+    later of it and the index's last_used), so a project rebuilt daily keeps its packages."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only shared cache: gc there is the owner's business
 
 
 def _absolute(url: str, base: str) -> str:

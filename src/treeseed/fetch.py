@@ -63,14 +63,21 @@ def fetch(
     formats: Sequence[str] = (),
     limits: Limits | None = None,
     progress: ProgressFn | None = None,
+    check_source: bool = False,
 ) -> FetchResult:
-    """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches."""
+    """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
+
+    ``check_source`` asks the source even when ``expected`` is already cached: for proving that
+    a mirror, or a changed URL, really serves that package (a cache hit proves nothing about
+    the source).
+    """
     if expected is not None and not is_bt2(expected):
         raise TreeseedError(f"--hash {expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
-    if expected and cache.has(expected):
+    trust_cache = expected is not None and not check_source
+    if trust_cache and cache.has(expected):
         return _cached(cache, expected, url, formats)
     with cache.lock(expected or url):
-        if expected and cache.has(expected):
+        if trust_cache and cache.has(expected):
             return _cached(cache, expected, url, formats)
         with cache.workdir() as work:
             return _fetch_into(url, cache, work, expected, formats, limits or Limits.from_env(), progress)

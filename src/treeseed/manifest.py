@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .ids import is_bt2
 
 MANIFEST_NAME = "treeseed.toml"
 ZIG_MANIFEST_NAME = "build.zig.zon"
@@ -145,7 +146,6 @@ class Dependency:
 
 _DEPENDENCY_KEYS: dict[str, type] = {"url": str, "mirrors": list, "hash": str, "lazy": bool, "rev": str}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-_BT2 = re.compile(r"^bt2-[0-9a-f]{64}$")
 
 
 def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
@@ -174,7 +174,7 @@ def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
         if not all(isinstance(m, str) and m for m in mirrors) or not spec["url"]:
             raise manifest.error("URLs must be non-empty strings", "mirrors" if mirrors else "url", where)
         package_hash = spec.get("hash")
-        if package_hash is not None and not _BT2.match(package_hash):
+        if package_hash is not None and not is_bt2(package_hash):
             raise manifest.error(f"{package_hash!r} is not a treeseed hash (bt2- and 64 lowercase "
                                  "hex digits); 'treeseed update' writes the right one", "hash", where)
         deps[name] = Dependency(name, spec["url"], tuple(mirrors), package_hash,
@@ -209,6 +209,8 @@ def line_of(text: str, key: str, table: str | None = None) -> int | None:
             current = header[1].replace('"', "").replace(" ", "")
             if table is None and current.split(".")[-1] == key:
                 return number
+            if table is not None and current == f"{table}.{key}":
+                return number  # [dependencies.zlib] is where dependency zlib is declared
             continue
         if (table is None or current == table) and key_re.match(line):
             return number

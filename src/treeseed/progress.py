@@ -82,10 +82,11 @@ def _live(summary: Summary) -> Iterator[Events]:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TransferSpeedColumn)
 
-    bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), DownloadColumn(),
+    bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), transient=True)
-    overall = bars.add_task("packages", total=None)
+    overall = bars.add_task("packages: 0 done", total=None)
     tasks: dict[str, int] = {}
+    moved: dict[str, int] = {}  # bytes per package, summed into the total line
     lock = threading.Lock()
 
     def started(dep: Dependency, url: str) -> None:
@@ -97,6 +98,8 @@ def _live(summary: Summary) -> Iterator[Events]:
         with lock:
             if dep.name in tasks:
                 bars.update(tasks[dep.name], completed=done, total=total)
+            moved[dep.name] = done
+            bars.update(overall, completed=sum(moved.values()))
 
     def finished(resolved: Resolved) -> None:
         summary.add(resolved)
@@ -107,7 +110,7 @@ def _live(summary: Summary) -> Iterator[Events]:
             if not resolved.cached:
                 bars.console.print(f"fetched [bold]{resolved.name}[/] {resolved.hash}")
             count = len(summary.fetched) + len(summary.cached)
-            bars.update(overall, description=f"packages: {count} done", completed=count)
+            bars.update(overall, description=f"packages: {count} done, {len(tasks)} in flight")
 
     def failed(dep: Dependency, url: str, why: str) -> None:
         bars.console.print(f"[yellow]warning[/]: {dep.name}: {why}; trying the next URL")

@@ -21,6 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ..ids import PREFIX, hex_of, is_bt2  # noqa: F401  (re-exported: callers use bt2.is_bt2)
 from ..package import Entry, resolve_link
 from .bencode import Bencodable, bencode
 
@@ -28,7 +29,6 @@ BLOCK_SIZE = 16 * 1024
 PIECE_LENGTH = 256 * 1024
 BLOCKS_PER_PIECE = PIECE_LENGTH // BLOCK_SIZE
 TORRENT_NAME = "package"
-PREFIX = "bt2-"
 
 _sha256 = hashlib.sha256
 _ZERO = bytes(32)
@@ -178,11 +178,3 @@ def magnet(package_hash: str) -> str:
     return f"magnet:?xt=urn:btmh:1220{hex_of(package_hash)}"
 
 
-def hex_of(package_hash: str) -> str:
-    """The 64 hex digits of a ``bt2-`` hash (accepting bare hex too)."""
-    return package_hash[len(PREFIX):] if package_hash.startswith(PREFIX) else package_hash
-
-
-def is_bt2(value: str) -> bool:
-    raw = hex_of(value)
-    return value.startswith(PREFIX) and len(raw) == 64 and all(c in "0123456789abcdef" for c in raw)
