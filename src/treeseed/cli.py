@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another URL serving the same package (repeatable)")
     p.set_defaults(run=cmd_add)
 
+    p = sub.add_parser("build", parents=[common],
+                       help="configure (fetching what this configuration needs) and run steps")
+    p.add_argument("steps", nargs="*", metavar="STEP", help="steps to run (default: the default step)")
+    p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a build option (repeatable)")
+    p.add_argument("--fetch", nargs="?", const="needed", choices=("needed", "all"),
+                   help="configure and fetch only: what this configuration needs (default), or all")
+    p.add_argument("--list", action="store_true", help="show the options and steps; fetch nothing")
+    p.add_argument("--watch", action="store_true",
+                   help="keep running: rebuild when build.py, treeseed.toml or a package file changes")
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
+                   help="steps and packages at once")
+    p.set_defaults(run=cmd_build)
+
     p = sub.add_parser("path", parents=[common], help="print the cache path of a dependency")
     p.add_argument("name")
     p.set_defaults(run=cmd_path)
@@ -241,7 +255,8 @@ def cmd_path(args: argparse.Namespace) -> int:
     from .deps import find_package
     from .manifest import MANIFEST_NAME, load
 
-    root = find_package(Path.cwd())
+    package = os.environ.get("TREESEED_PACKAGE_DIR")  # inside a command build
+    root = Path(package) if package else find_package(Path.cwd())
     manifest = load(root / MANIFEST_NAME)
     dep = manifest.dependencies.get(args.name)
     if dep is None:
@@ -251,11 +266,37 @@ def cmd_path(args: argparse.Namespace) -> int:
     if not dep.hash:
         raise TreeseedError(f"{manifest.path}:{dep.line}: dependency {args.name!r} has no hash "
                             "yet; run 'treeseed update' to pin it")
-    if not cache.has(dep.hash):
-        raise TreeseedError(f"dependency {args.name!r} ({dep.hash}) is not in the cache; run "
-                            "'treeseed fetch' first")
-    print(cache.path(dep.hash))
-    return 0
+    if cache.has(dep.hash):
+        print(cache.path(dep.hash))
+        return 0
+    if dep.lazy:
+        from .build_command import MISS_STATUS, record_miss
+
+        if record_miss(args.name):
+            print(f"treeseed: lazy dependency {args.name!r} is not fetched yet; the build runner "
+                  "will fetch it and run the build again", file=sys.stderr)
+        else:
+            print(f"treeseed: lazy dependency {args.name!r} ({dep.hash}) is not in the cache; "
+                  f"fetch it with 'treeseed build --fetch' or 'treeseed fetch --lazy'",
+                  file=sys.stderr)
+        return MISS_STATUS
+    raise TreeseedError(f"dependency {args.name!r} ({dep.hash}) is not in the cache; run "
+                        "'treeseed fetch' first")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .runner import BuildRequest, run
+
+    overrides = {}
+    for define in args.defines:
+        name, sep, value = define.partition("=")
+        if not sep or not name:
+            raise TreeseedError(f"-D{define}: write -Dname=value")
+        overrides[name] = value
+    request = BuildRequest(steps=args.steps, overrides=overrides, fetch=args.fetch,
+                           list_only=args.list, watch=args.watch, jobs=args.jobs,
+                           offline=_offline(args), quiet=_quiet(args))
+    return run(_cache(args), request)
 
 
 def _refuse_network(url: str) -> None:

@@ -66,10 +66,12 @@ class Events:
 
 
 @dataclass
-class _Task:
+class Request:
+    """A dependency to resolve, with where it was declared (for relative URLs and errors)."""
+
     dep: Dependency
     base: str  # URL the dependency's relative URLs are read against
-    parent: str | None
+    parent: str | None  # the package that declares it (None: the root)
     manifest_path: str
 
 
@@ -85,13 +87,17 @@ class Resolver:
     offline: bool = False
     jobs: int = 4
     events: Events = field(default_factory=Events)
+    _follow_lazy: bool = field(default=False, init=False, repr=False)
 
     def fetch_all(self, manifest: Manifest, base: str, include_lazy: bool = False,
-                  names: Iterable[str] | None = None) -> list[Resolved]:
+                  names: Iterable[str] | None = None, all_lazy: bool = False) -> list[Resolved]:
         """Fetch ``manifest``'s dependencies (non-lazy unless ``include_lazy``; only ``names``
-        when given), then the non-lazy dependencies of each, transitively."""
+        when given), then the non-lazy dependencies of each (all of them with ``all_lazy``),
+        transitively."""
+        self._follow_lazy = all_lazy
+        include_lazy = include_lazy or all_lazy
         wanted = set(names) if names is not None else None
-        roots = [_Task(d, base, None, manifest.path) for d in manifest.dependencies.values()
+        roots = [Request(d, base, None, manifest.path) for d in manifest.dependencies.values()
                  if (include_lazy or not d.lazy) and (wanted is None or d.name in wanted)]
         if wanted:
             unknown = wanted - set(manifest.dependencies)
@@ -101,15 +107,21 @@ class Resolver:
                                       f"{', '.join(sorted(manifest.dependencies)) or 'none'}")
         return self._walk(roots)
 
-    def _walk(self, roots: list[_Task]) -> list[Resolved]:
+    def fetch(self, requests: list[Request]) -> list[Resolved]:
+        """Fetch exactly ``requests`` (lazy or not, e.g. what a build script asked for), plus
+        the non-lazy dependencies of each."""
+        self._follow_lazy = False
+        return self._walk(requests)
+
+    def _walk(self, roots: list[Request]) -> list[Resolved]:
         done: list[Resolved] = []
         failures: list[str] = []
         seen: set[str] = set()
-        pending: list[_Task] = []
+        pending: list[Request] = []
         for task in roots:
             self._enqueue(task, seen, pending)
         pool: "ThreadPoolExecutor | None" = None
-        running: "dict[Future[Resolved], _Task]" = {}
+        running: "dict[Future[Resolved], Request]" = {}
         try:
             while pending or running:
                 # The cache hits resolve inline: no thread, no lock, no import of the pipeline.
@@ -147,16 +159,16 @@ class Resolver:
             raise DependencyError(f"{count} could not be fetched:\n" + "\n".join(failures))
         return done
 
-    def _enqueue(self, task: _Task, seen: set[str], pending: list[_Task]) -> None:
+    def _enqueue(self, task: Request, seen: set[str], pending: list[Request]) -> None:
         """Queue a dependency once: the same hash (or, unpinned, the same URL) is one package."""
-        key = task.dep.hash or "url:" + _absolute(task.dep.url, task.base)
+        key = task.dep.hash or "url:" + absolute_url(task.dep.url, task.base)
         if key in seen:
             return
         seen.add(key)
         pending.append(task)
 
-    def _finish(self, resolved: Resolved, task: _Task, done: list[Resolved],
-                seen: set[str], pending: list[_Task]) -> None:
+    def _finish(self, resolved: Resolved, task: Request, done: list[Resolved],
+                seen: set[str], pending: list[Request]) -> None:
         done.append(resolved)
         self.events.finished(resolved)
         manifest_path = resolved.path / MANIFEST_NAME
@@ -164,19 +176,19 @@ class Resolver:
             return
         child = load_manifest(manifest_path, f"{resolved.name} ({resolved.hash}): {MANIFEST_NAME}")
         for dep in child.dependencies.values():
-            if not dep.lazy:
-                self._enqueue(_Task(dep, resolved.url, resolved.name, child.path), seen, pending)
+            if self._follow_lazy or not dep.lazy:
+                self._enqueue(Request(dep, resolved.url, resolved.name, child.path), seen, pending)
 
-    def _cached(self, task: _Task) -> Resolved | None:
+    def _cached(self, task: Request) -> Resolved | None:
         dep = task.dep
         if dep.hash and self.cache.has(dep.hash):
             path = self.cache.path(dep.hash)
             _mark_used(path)
-            return Resolved(dep.name, dep.hash, path, _absolute(dep.url, task.base), True,
+            return Resolved(dep.name, dep.hash, path, absolute_url(dep.url, task.base), True,
                             parent=task.parent, lazy=dep.lazy)
         return None
 
-    def _fetch(self, task: _Task) -> Resolved:
+    def _fetch(self, task: Request) -> Resolved:
         """Try each URL of the dependency in order; the first that yields its hash wins."""
         from .fetch import fetch
 
@@ -185,7 +197,7 @@ class Resolver:
         reasons: list[str] = []
         try:
             for raw in dep.urls:
-                url = _absolute(raw, task.base)
+                url = absolute_url(raw, task.base)
                 if self.offline and url.startswith(NETWORK_SCHEMES):
                     reasons.append(f"{url}: skipped, --offline")
                     continue
@@ -204,7 +216,7 @@ class Resolver:
             cache.close()
         raise _AllUrlsFailed(reasons)
 
-    def _describe(self, task: _Task, reasons: list[str]) -> str:
+    def _describe(self, task: Request, reasons: list[str]) -> str:
         dep = task.dep
         where = f"{task.manifest_path}:{dep.line}" if dep.line else task.manifest_path
         via = f" (needed by {task.parent})" if task.parent else ""
@@ -228,7 +240,7 @@ def _mark_used(path: Path) -> None:
         pass  # a read-only shared cache: gc there is the owner's business
 
 
-def _absolute(url: str, base: str) -> str:
+def absolute_url(url: str, base: str) -> str:
     """Read ``url`` relative to ``base`` (a URL or a directory URL ending in '/')."""
     if "://" in url:
         return url
@@ -242,8 +254,8 @@ def _absolute(url: str, base: str) -> str:
     return urljoin(base, url)
 
 
-def _is_network(task: _Task) -> bool:
-    return all(_absolute(u, task.base).startswith(NETWORK_SCHEMES) for u in task.dep.urls)
+def _is_network(task: Request) -> bool:
+    return all(absolute_url(u, task.base).startswith(NETWORK_SCHEMES) for u in task.dep.urls)
 
 
 def base_url_of(package_dir: Path) -> str:

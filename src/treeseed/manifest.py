@@ -49,6 +49,7 @@ class Manifest:
     exclude: list[str] = field(default_factory=list)
     build: str | None = None
     dependencies: dict[str, "Dependency"] = field(default_factory=dict)
+    options: dict[str, "OptionSpec"] = field(default_factory=dict)
 
     def line_of(self, key: str, table: str | None = None) -> int | None:
         """Best-effort line number of ``key`` (inside ``[table]`` when given), for errors.
@@ -94,6 +95,7 @@ def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:
             )
     _read_package(manifest, data.get("package", {}))
     manifest.dependencies = _read_dependencies(manifest, data.get("dependencies", {}))
+    manifest.options = _read_options(manifest, data.get("options", {}))
     return manifest
 
 
@@ -181,6 +183,67 @@ def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
                                 spec.get("lazy", False), spec.get("rev"),
                                 manifest.line_of(name, "dependencies") or manifest.line_of("url", where))
     return deps
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """An ``[options.NAME]`` table: a build option of a command build (``[package] build``)."""
+
+    name: str
+    type: str  # bool, int, str, enum, list
+    default: Any = None
+    description: str = ""
+    values: tuple[str, ...] = ()  # the choices of an enum
+
+
+OPTION_TYPES = ("bool", "int", "str", "enum", "list")
+_OPTION_KEYS: dict[str, type | tuple[type, ...]] = {
+    "type": str, "default": (bool, int, str, list), "description": str, "values": list,
+}
+
+
+def _read_options(manifest: Manifest, table: Any) -> dict[str, OptionSpec]:
+    if not isinstance(table, dict):
+        raise manifest.error("[options] must be a table of tables", "options")
+    options: dict[str, OptionSpec] = {}
+    for name, spec in table.items():
+        where = f"options.{name}"
+        if not isinstance(spec, dict):
+            raise manifest.error("an option must be a table with a type", name, "options")
+        for key, value in spec.items():
+            expected = _OPTION_KEYS.get(key)
+            if expected is None:
+                raise manifest.error(f"unknown key in [{where}]; expected one of "
+                                     f"{', '.join(sorted(_OPTION_KEYS))}", key, where)
+            if not isinstance(value, expected):
+                raise manifest.error(f"must be a {_type_name(expected)}", key, where)
+        kind = spec.get("type")
+        if kind not in OPTION_TYPES:
+            raise manifest.error(f"type must be one of {', '.join(OPTION_TYPES)}", "type"
+                                 if "type" in spec else name, where if "type" in spec else "options")
+        values = tuple(spec.get("values", ()))
+        if kind == "enum" and not values:
+            raise manifest.error("an enum option needs values = [...]", "type", where)
+        option = OptionSpec(name, kind, spec.get("default"), spec.get("description", ""), values)
+        if option.default is not None and not _default_fits(option):
+            raise manifest.error(f"default {option.default!r} is not a valid {kind}"
+                                 + (f" (one of {', '.join(values)})" if values else ""),
+                                 "default", where)
+        options[name] = option
+    return options
+
+
+def _default_fits(option: OptionSpec) -> bool:
+    value = option.default
+    if option.type == "bool":
+        return isinstance(value, bool)
+    if option.type == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if option.type == "str":
+        return isinstance(value, str)
+    if option.type == "enum":
+        return value in option.values
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
