@@ -32,6 +32,6 @@ def deterministic_tar_gz(src: Path, dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    for name in ("hello-1.0", "greet-2.1"):
+    for name in ("hello-1.0", "greet-2.1", "zlib-1.3", "lame-3.100"):
         deterministic_tar_gz(HERE / name, HERE / f"{name}.tar.gz")
         print(HERE / f"{name}.tar.gz")
