@@ -4,17 +4,23 @@ Read top to bottom, :func:`fetch` is the life of a package:
 
 1. Known hash already in the cache? Done, no network.
 2. Take the lock for this hash (or URL), so concurrent processes unpack once.
-3. The source brings its bytes into a private ``tmp/`` work directory.
-4. An archive whose SHA-256 the index already knows is not unpacked again.
-5. Unpack (or copy a directory), hashing every file as it is written.
-6. Apply the package's own rules, drop empty directories, compute the bt2 hash.
-7. Compare with the expected hash; on mismatch nothing is installed.
-8. Rename into ``p/<hash>`` and record sizes and aliases in the index.
+3. Run the URL's fetcher program (:mod:`treeseed.fetchers`) in a private ``tmp/`` work
+   directory. It announces hashes as it learns them (a git commit before any object is
+   downloaded, an archive's SHA-256 before unpacking); the first one the index knows stops it.
+4. Otherwise the fetcher (:mod:`treeseed.fetcher`, in its own process) unpacks or checks out,
+   hashing every file as it is written, applies the package's own rules and computes the bt2
+   hash. A configured third-party fetcher's tree is hashed here instead.
+5. Compare with the expected hash; on mismatch nothing is installed.
+6. Rename into ``p/<hash>`` and record sizes and every announced hash as an alias.
+
+The stages themselves (:func:`finish_tree`, :func:`copy_tree`, :func:`adopt_tree`) live here too:
+the fetcher program calls them, and so does :func:`hash_path`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,12 +28,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .cache import Cache
-from .errors import HashMismatch, ManifestError, TreeseedError
+from .errors import FetchError, HashMismatch, ManifestError, TreeseedError
+from .fetcher import PACKAGE_DIR, RESULT_FILE
+from .fetchers import DEFAULT_TIMEOUT, Fetcher, FetcherRun, fetcher_for
 from .hashing import ALL_FORMATS, Bt2Format, feed_file, hash_files, hash_tree, make_format
 from .hashing.bt2 import FileDigest, MerkleHasher, info_hash, is_bt2
 from .package import Entry, apply_rules, prune_tree, scan_tree
 from .rules import Rules, rules_for
-from .sources import Fetched, ProgressFn, open_source
+from .sources import ProgressFn
 from .unpack import Limits, Unpacked, unpack_archive
 
 
@@ -64,12 +72,14 @@ def fetch(
     limits: Limits | None = None,
     progress: ProgressFn | None = None,
     check_source: bool = False,
+    fetchers: dict[str, str] | None = None,
 ) -> FetchResult:
     """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
 
-    ``check_source`` asks the source even when ``expected`` is already cached: for proving that
-    a mirror, or a changed URL, really serves that package (a cache hit proves nothing about
-    the source).
+    ``check_source`` makes the source deliver in full even when its package is cached: for
+    proving that a mirror really serves that package (a cache hit, or a digest a server
+    states, proves nothing about the bytes it sends). ``fetchers`` maps URL schemes to
+    configured fetcher commands (see :mod:`treeseed.fetchers`).
     """
     if expected is not None and not is_bt2(expected):
         raise TreeseedError(f"--hash {expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
@@ -80,43 +90,76 @@ def fetch(
         if trust_cache and cache.has(expected):
             return _cached(cache, expected, url, formats)
         with cache.workdir() as work:
-            return _fetch_into(url, cache, work, expected, formats, limits or Limits.from_env(), progress)
+            return _fetch_into(url, cache, work, expected, formats, limits or Limits.from_env(),
+                               progress, stop_early=not check_source, fetchers=fetchers)
 
 
 def _fetch_into(
     url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
-    limits: Limits, progress: ProgressFn | None,
+    limits: Limits, progress: ProgressFn | None, stop_early: bool, fetchers: dict[str, str] | None,
 ) -> FetchResult:
-    source = open_source(url)
-    got = source.fetch(work, progress)
-    if got.kind == "archive":
-        digest = got.archive_sha256 or sha256_file(got.path)
-        known = cache.resolve("archive-sha256", digest)
-        if known and (expected is None or known == expected):
-            hit = _cached(cache, known, url, formats, transferred=got.bytes_transferred)
-            hit.revision = got.revision
-            return hit
-        unpacked = unpack_archive(got.path, work / "tree", url, limits, archive_sha256=digest)
-    elif got.kind == "tree":
-        unpacked = adopt_tree(got.path, url)
-    else:
-        unpacked = copy_tree(got.path, work / "tree", url)
-    package = finish_tree(unpacked, url)
-    if expected is not None and package.hash != expected:
-        raise HashMismatch(url, expected, package.hash)
-    extra = _extra_formats(package, formats, url)
-    created = cache.install(package.root, package.hash)
-    aliases = dict(extra)
-    if unpacked.archive_sha256:
-        aliases["archive-sha256"] = unpacked.archive_sha256
-    manifest = package.rules.manifest
-    cache.record(package.hash, package.size, len(package.entries), source.canonical,
-                 manifest.name if manifest else None, manifest.version if manifest else None,
-                 bool(manifest and manifest.private))
-    cache.add_aliases(package.hash, aliases)
-    return FetchResult(package.hash, cache.path(package.hash), len(package.entries), package.size,
-                       url, not created, {"bt2": package.hash, **aliases}, got.bytes_transferred,
-                       got.revision)
+    """Run the URL's fetcher program in ``work``; stop it the moment it announces a hash of a
+    package the cache already has; otherwise verify and install what it delivers."""
+    fetcher = fetcher_for(url, formats, limits.max_bytes, fetchers)
+    run = FetcherRun(fetcher, work, url, fetch_timeout(), progress)
+    try:
+        for fmt, value in run.announcements():
+            known = cache.resolve(fmt, value) if stop_early else None
+            if known and (expected is None or known == expected):
+                run.stop()
+                if fetcher.trusted:
+                    cache.add_aliases(known, run.announced)
+                hit = _cached(cache, known, url, formats)
+                hit.revision = run.announced.get("git-commit")
+                return hit
+        run.finish()
+    finally:
+        run.stop()
+        run.close()
+    return _install_delivery(url, cache, work, expected, formats, fetcher, run.announced)
+
+
+def _install_delivery(
+    url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
+    fetcher: Fetcher, announced: dict[str, str],
+) -> FetchResult:
+    tree = work / PACKAGE_DIR
+    if not tree.is_dir():
+        raise FetchError(f"{url}: the fetcher finished but left no {PACKAGE_DIR}/ directory "
+                         "(docs/fetcher-protocol.md)")
+    if fetcher.trusted:  # treeseed's own fetcher hashed every byte as it wrote it
+        result = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
+        package_hash, files, size = result["bt2"], result["files"], result["bytes"]
+        name, version, private = result["name"], result["version"], result["private"]
+        transferred, revision, canonical = result["transferred"], result["revision"], result["source"]
+    else:  # anyone else's tree is trimmed and hashed here before it can enter the cache
+        package = finish_tree(adopt_tree(tree, url), url)
+        claimed = announced.get("bt2")
+        if claimed and claimed != package.hash:
+            raise FetchError(f"{url}: the fetcher announced {claimed} but delivered a tree that "
+                             f"hashes to {package.hash}; nothing was cached")
+        package_hash, files, size = package.hash, len(package.entries), package.size
+        manifest = package.rules.manifest
+        name, version = (manifest.name, manifest.version) if manifest else (None, None)
+        private = bool(manifest and manifest.private)
+        transferred, revision, canonical = 0, announced.get("git-commit"), url
+        announced = {**announced, "bt2": package.hash}
+    if expected is not None and package_hash != expected:
+        raise HashMismatch(url, expected, package_hash)
+    created = cache.install(tree, package_hash)
+    cache.record(package_hash, size, files, canonical, name, version, private)
+    cache.add_aliases(package_hash, announced)
+    return FetchResult(package_hash, cache.path(package_hash), files, size, url, not created,
+                       {"bt2": package_hash, **announced}, transferred, revision)
+
+
+def fetch_timeout() -> float:
+    """Seconds a fetcher may run: ``TREESEED_FETCH_TIMEOUT``, default one hour."""
+    raw = os.environ.get("TREESEED_FETCH_TIMEOUT")
+    try:
+        return float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        raise TreeseedError(f"TREESEED_FETCH_TIMEOUT={raw!r} is not a number of seconds") from None
 
 
 @dataclass

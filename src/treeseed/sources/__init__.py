@@ -19,6 +19,9 @@ from ..errors import FetchError
 
 #: Called with (bytes so far, total bytes or None) while a source transfers data.
 ProgressFn = Callable[[int, "int | None"], None]
+#: Called with (format, value) the moment a source knows a hash of what it is fetching, e.g.
+#: ("git-commit", sha) after resolving a ref, before any object is downloaded.
+AnnounceFn = Callable[[str, str], None]
 
 
 @dataclass
@@ -44,7 +47,8 @@ class Source(Protocol):
     #: The URL as recorded in the index: absolute, so it still means something elsewhere.
     canonical: str
 
-    def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched: ...
+    def fetch(self, work: Path, progress: ProgressFn | None = None,
+              announce: AnnounceFn | None = None) -> Fetched: ...
 
 
 def open_source(url: str) -> Source:

@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from ..errors import FetchError
-from . import Fetched, ProgressFn
+from . import AnnounceFn, Fetched, ProgressFn
 
 #: Seconds any one git command may run.
 TIMEOUT = 600
@@ -92,11 +92,14 @@ class GitSource:
 
     # ------------------------------------------------------------------ the two steps
 
-    def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
+    def fetch(self, work: Path, progress: ProgressFn | None = None,
+              announce: AnnounceFn | None = None) -> Fetched:
         self._home = work / "git-home"
         self._home.mkdir(exist_ok=True)
         self._progress = progress
         resolved = self.resolve()
+        if announce:  # before a single object is downloaded: the cache may know this commit
+            announce("git-commit", resolved.commit)
         tree = work / "checkout"
         self._checkout(tree, resolved)
         transferred = _pack_bytes(tree / ".git") + self._discarded

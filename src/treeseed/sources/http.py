@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from ..errors import FetchError
-from . import Fetched, ProgressFn
+from . import AnnounceFn, Fetched, ProgressFn
 
 MAX_REDIRECTS = 10
 CHUNK = 1 << 20
@@ -44,14 +44,55 @@ class HttpSource:
         self.url = url
         self.canonical = url
 
-    def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
+    def fetch(self, work: Path, progress: ProgressFn | None = None,
+              announce: AnnounceFn | None = None) -> Fetched:
+        early = digest_from_url(self.url)
+        if early and announce:  # a content-addressed mirror URL names its digest
+            announce("archive-sha256", early)
         response = open_url(self.url)
+        stated = digest_from_headers(response.headers)
+        if stated and announce and stated != early:  # Repr-Digest / Digest: before the body
+            announce("archive-sha256", stated)
         try:
             target = work / "download"
             digest, size = _save(response, target, self.url, progress)
         finally:
             response.release_conn()
+        if stated and stated != digest:
+            raise FetchError(f"{self.url}: the server stated SHA-256 {stated} for the body but sent "
+                             f"bytes hashing to {digest}; the download is corrupt or the server "
+                             "misconfigured")
         return Fetched("archive", target, archive_sha256=digest, bytes_transferred=size)
+
+
+_CA_URL = re.compile(r"/sha256/([0-9a-f]{64})(?:[/?#]|$)")
+_DIGEST_FIELD = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:?([A-Za-z0-9+/=]+):?", re.I)
+
+
+def digest_from_url(url: str) -> str | None:
+    """The SHA-256 a content-addressed mirror URL names (``.../sha256/<64 hex>``), if any."""
+    match = _CA_URL.search(url)
+    return match[1] if match else None
+
+
+def digest_from_headers(headers) -> str | None:
+    """SHA-256 of the body as the server states it up front: RFC 9530 ``Repr-Digest:
+    sha-256=:<base64>:`` or the older RFC 3230 ``Digest: SHA-256=<base64>``. Only a hint: the
+    bytes are still hashed as they arrive, and the cache trusts nothing else."""
+    import base64
+    import binascii
+
+    for name in ("Repr-Digest", "Digest"):
+        value = headers.get(name)
+        match = _DIGEST_FIELD.search(value or "")
+        if match:
+            try:
+                raw = base64.b64decode(match[1], validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if len(raw) == 32:
+                return raw.hex()
+    return None
 
 
 def open_url(url: str):

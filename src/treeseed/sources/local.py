@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import FetchError
-from . import Fetched, ProgressFn
+from . import AnnounceFn, Fetched, ProgressFn
 
 
 class LocalSource:
@@ -18,7 +18,8 @@ class LocalSource:
         self.path = local_path(url)
         self.canonical = self.path.absolute().as_uri()
 
-    def fetch(self, work: Path, progress: ProgressFn | None = None) -> Fetched:
+    def fetch(self, work: Path, progress: ProgressFn | None = None,
+              announce: AnnounceFn | None = None) -> Fetched:
         try:
             st = self.path.stat()
         except FileNotFoundError:

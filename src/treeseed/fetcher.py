@@ -1,0 +1,129 @@
+"""The built-in fetcher program: ``python -m treeseed.fetcher [--format F ...] URL``.
+
+Run by the cache (:mod:`treeseed.fetchers`) in a scratch working directory, it speaks the
+protocol of docs/fetcher-protocol.md: every hash it learns goes to the fifo ``$TREESEED_HASHES``
+as one line ``<format> <value>`` the moment it is known (a git commit after ref resolution,
+an archive's SHA-256 before unpacking, then ``bt2`` and any other formats of the tree), the
+package lands in ``./package`` and a summary in ``./result.json``. The cache may stop it at
+any announcement, so nothing here assumes it will get to the end.
+
+Progress goes to stdout as ``progress <bytes> <total or ->`` lines; errors to stderr as
+``treeseed: error: ...`` with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import TreeseedError
+
+PACKAGE_DIR = "package"
+RESULT_FILE = "result.json"
+
+
+class Announcer:
+    """Writes ``<format> <value>`` lines to the hashes fifo, each flushed at once."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = open(path, "w", buffering=1, encoding="ascii") if path else None
+        self.sent: dict[str, str] = {}
+
+    def __call__(self, fmt: str, value: str) -> None:
+        if self.sent.get(fmt) == value:
+            return
+        self.sent[fmt] = value
+        if self._file is not None:
+            self._file.write(f"{fmt} {value}\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announcer) -> dict:
+    """Fetch ``url`` into ./package, announcing hashes as they become known."""
+    from .fetch import adopt_tree, copy_tree, finish_tree, sha256_file
+    from .hashing import hash_tree
+    from .sources import open_source
+    from .unpack import Limits, unpack_archive
+
+    work = Path.cwd()
+    source = open_source(url)
+    got = source.fetch(work, _progress, announce)
+    if got.kind == "archive":
+        digest = got.archive_sha256 or sha256_file(got.path)
+        announce("archive-sha256", digest)
+        unpacked = unpack_archive(got.path, work / "tree", url, Limits.from_env(max_size),
+                                  archive_sha256=digest)
+    elif got.kind == "tree":
+        unpacked = adopt_tree(got.path, url)
+    else:
+        unpacked = copy_tree(got.path, work / "tree", url)
+    package = finish_tree(unpacked, url)
+    announce("bt2", package.hash)
+    extra = [f for f in formats if f not in ("bt2", "archive-sha256")]
+    if extra:
+        for fmt, value in hash_tree(package.root, package.entries, extra, url).items():
+            announce(fmt, value)
+    os.rename(package.root, work / PACKAGE_DIR)
+    manifest = package.rules.manifest
+    return {
+        "bt2": package.hash,
+        "files": len(package.entries),
+        "bytes": package.size,
+        "transferred": got.bytes_transferred,
+        "revision": got.revision,
+        "source": source.canonical,
+        "name": manifest.name if manifest else None,
+        "version": manifest.version if manifest else None,
+        "private": bool(manifest and manifest.private),
+    }
+
+
+def _progress(done: int, total: int | None) -> None:
+    print(f"progress {done} {total if total is not None else '-'}", flush=True)
+
+
+def die_with_parent() -> None:
+    """Be killed when the cache process dies (Linux), so no orphan keeps writing into tmp/."""
+    parent = os.environ.get("TREESEED_PARENT_PID")
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != int(parent):  # it died before the line above ran
+        os._exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()
+    parser = argparse.ArgumentParser(prog="python -m treeseed.fetcher")
+    parser.add_argument("url")
+    parser.add_argument("--format", action="append", default=[], dest="formats")
+    parser.add_argument("--max-size", type=int)
+    args = parser.parse_args(argv)
+    announce = Announcer(os.environ.get("TREESEED_HASHES"))
+    try:
+        result = run(args.url, args.formats, args.max_size, announce)
+        Path(RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
+    except TreeseedError as exc:
+        print(f"treeseed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        announce.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Running fetcher programs: the cache's side of docs/fetcher-protocol.md.
+
+Every fetch runs a fetcher as its own process, in its own session, in the fetch's work
+directory. Before starting it the cache creates the fifo ``hashes`` there and keeps it open at
+both ends (so the fetcher can open it at any time, and so reading never sees a false end).
+:class:`FetcherRun` yields each ``<format> <value>`` line the moment it arrives; the caller
+looks it up and may :meth:`~FetcherRun.stop` the fetcher (SIGTERM to its process group, then
+SIGKILL after a grace period) as soon as it recognises content it already has. A malformed
+line, a non-zero exit, or a run past the timeout is a :class:`FetcherError` naming the source.
+
+Which program fetches a URL: the built-in ``python -m treeseed.fetcher`` for http(s), file,
+git+... and local paths; a command configured under ``[fetchers]`` (user config file, or the
+root package's treeseed.toml) for any other scheme. Built-in fetchers are treeseed's own code,
+hashing as they write, so their tree is installed on their word; a configured fetcher's tree is
+re-hashed by the cache before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .errors import FetchError
+
+FIFO_NAME = "hashes"
+GRACE_SECONDS = 2.0
+DEFAULT_TIMEOUT = 3600.0
+
+#: What a fetcher may announce, and the shape each value must have.
+FORMATS: dict[str, re.Pattern[str]] = {
+    "bt2": re.compile(r"bt2-[0-9a-f]{64}"),
+    "archive-sha256": re.compile(r"[0-9a-f]{64}"),
+    "git-commit": re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}"),
+    "git": re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}"),
+    "swhid": re.compile(r"swh:1:dir:[0-9a-f]{40}"),
+    "nar": re.compile(r"sha256-[A-Za-z0-9+/]{43}="),
+    "zig": re.compile(r"[A-Za-z0-9_.+-]{1,64}-[A-Za-z0-9_]{44}|1220[0-9a-f]{64}"),
+}
+MAX_LINE = 512
+
+BUILTIN_SCHEMES = ("http", "https", "file", "")  # and git+...: the git source names what it takes
+
+
+class FetcherError(FetchError):
+    """A fetcher program failed, hung, or broke the protocol."""
+
+
+@dataclass
+class Fetcher:
+    """How to run the fetcher for one URL."""
+
+    argv: list[str]
+    trusted: bool  # treeseed's own fetcher: its hash is computed while writing, by our code
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = None,
+                configured: dict[str, str] | None = None) -> Fetcher:
+    """The fetcher for ``url``: a configured command for its scheme, else the built-in one."""
+    scheme = scheme_of(url)
+    command = (configured or {}).get(scheme)
+    if command:
+        return Fetcher(shlex.split(command) + [url], trusted=False)
+    if scheme not in BUILTIN_SCHEMES and not scheme.startswith("git+"):
+        raise FetchError(f"{url}: no fetcher for scheme {scheme!r}; treeseed fetches http(s)://, "
+                         "file://, git+https/http/file:// and local paths, and runs a command you "
+                         f"configure for others: [fetchers] \"{scheme}\" = \"command ...\" in "
+                         "the treeseed config file")
+    argv = [sys.executable, "-m", "treeseed.fetcher", url]
+    for fmt in formats:
+        argv += ["--format", fmt]
+    if max_size is not None:
+        argv += ["--max-size", str(max_size)]
+    return Fetcher(argv, trusted=True)
+
+
+@dataclass
+class FetcherRun:
+    """One running fetcher; iterate :meth:`announcements`, then :meth:`finish` or :meth:`stop`."""
+
+    fetcher: Fetcher
+    work: Path
+    source: str
+    timeout: float = DEFAULT_TIMEOUT
+    progress: Callable[[int, int | None], None] | None = None
+    announced: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fifo = self.work / FIFO_NAME
+        os.mkfifo(fifo, 0o600)
+        # Both ends held by us: the fetcher can open it whenever it likes, and reads block
+        # instead of returning end-of-file while the fetcher has not opened it yet.
+        self._read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self._write_fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        self._buffer = b""
+        self._log = open(self.work / "fetcher.log", "w+b")
+        env = {**os.environ, "TREESEED_HASHES": str(fifo), "TREESEED_FETCH_URL": self.source,
+               "TREESEED_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        try:
+            self.proc = subprocess.Popen(
+                self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
+            )
+        except OSError as exc:
+            self.close()
+            raise FetcherError(f"{self.source}: cannot start fetcher {self.fetcher.argv[0]!r}: "
+                               f"{exc.strerror}") from None
+        self._deadline = time.monotonic() + self.timeout
+        self._stdout_buffer = b""
+        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
+
+    def announcements(self) -> Iterator[tuple[str, str]]:
+        """Yield (format, value) as the fetcher announces them, until it exits."""
+        out_fd: int | None = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        while True:
+            exited = self.proc.poll() is not None
+            watched = [self._read_fd] + ([out_fd] if out_fd is not None else [])
+            ready, _, _ = select.select(watched, [], [], 0 if exited else 0.1)
+            if out_fd is not None and out_fd in ready and not self._read_stdout(out_fd):
+                out_fd = None  # the fetcher closed its stdout
+            if self._read_fd in ready:
+                yield from self._drain()
+            if exited:
+                yield from self._drain()
+                if out_fd is not None:
+                    self._read_stdout(out_fd)
+                return
+            if time.monotonic() > self._deadline:
+                self.stop()
+                raise FetcherError(f"{self.source}: the fetcher did not finish within "
+                                   f"{self.timeout:.0f} s and was stopped (a hung server? set "
+                                   "TREESEED_FETCH_TIMEOUT to allow longer)")
+
+    def _drain(self) -> Iterator[tuple[str, str]]:
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            yield self._parse(raw)
+        if len(self._buffer) > MAX_LINE:
+            self._protocol_error(self._buffer[:80])
+
+    def _parse(self, raw: bytes) -> tuple[str, str]:
+        try:
+            line = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            self._protocol_error(raw[:80])
+        fmt, _, value = line.partition(" ")
+        pattern = FORMATS.get(fmt)
+        if pattern is None or not pattern.fullmatch(value):
+            self._protocol_error(raw[:80])
+        self.announced[fmt] = value
+        return fmt, value
+
+    def _protocol_error(self, raw: bytes) -> None:
+        self.stop()
+        raise FetcherError(f"{self.source}: the fetcher wrote a malformed line to its hashes fifo: "
+                           f"{raw!r}; expected '<format> <value>' with format one of "
+                           f"{', '.join(FORMATS)} (docs/fetcher-protocol.md)")
+
+    def _read_stdout(self, fd: int) -> bool:
+        """Read what the fetcher printed (progress lines); False at end of file."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        self._stdout_buffer += chunk
+        *lines, self._stdout_buffer = self._stdout_buffer.split(b"\n")
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == b"progress" and self.progress is not None:
+                try:
+                    total = None if parts[2] == b"-" else int(parts[2])
+                    self.progress(int(parts[1]), total)
+                except ValueError:
+                    pass
+        return True
+
+    def finish(self) -> None:
+        """Wait for a normal exit; a failure becomes an error quoting the fetcher's stderr."""
+        status = self.proc.wait()
+        if status != 0:
+            raise FetcherError(self._failure(status))
+
+    def _failure(self, status: int) -> str:
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        said = [ln.removeprefix("treeseed: error: ") for ln in lines if ln.startswith("treeseed: error: ")]
+        if said:
+            return said[-1]  # our own fetcher already names the source and the cause
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        tail = "; it said: " + " | ".join(lines[-3:]) if lines else ""
+        return f"{self.source}: the fetcher {how}{tail}"
+
+    def stop(self) -> None:
+        """SIGTERM the fetcher's process group, SIGKILL it after a grace period."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers (git children)
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._log.close()
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
