@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps and packages at once")
     p.set_defaults(run=cmd_build)
 
+    p = sub.add_parser("update", parents=[common],
+                       help="re-resolve dependencies' sources and record their new hashes")
+    p.add_argument("names", nargs="*", metavar="NAME", help="dependencies to update (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-j", "--jobs", type=int, default=4, help="dependencies resolved at once")
+    p.set_defaults(run=cmd_update)
+
     p = sub.add_parser("path", parents=[common], help="print the cache path of a dependency")
     p.add_argument("name")
     p.set_defaults(run=cmd_path)
@@ -282,6 +290,23 @@ def cmd_path(args: argparse.Namespace) -> int:
         return MISS_STATUS
     raise TreeseedError(f"dependency {args.name!r} ({dep.hash}) is not in the cache; run "
                         "'treeseed fetch' first")
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from .deps import find_package
+    from .update import table, update
+
+    root = find_package(Path.cwd())
+    rows = update(root, _cache(args), args.names, args.dry_run, _offline(args), args.jobs)
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+    elif not _quiet(args):
+        print(table(rows))
+        changed = sum(r.changed for r in rows)
+        verb = "would change" if args.dry_run else "changed"
+        print(f"{changed} of {len(rows)} {verb}", file=sys.stderr)
+    failed = [r for r in rows if r.error]
+    return 1 if failed else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:

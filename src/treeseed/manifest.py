@@ -284,9 +284,6 @@ def add_dependency(path: Path, dep: Dependency) -> None:
     """Write ``dep`` into the manifest at ``path`` as ``[dependencies.NAME]``, keeping the file's
     comments and layout (tomlkit edits the document in place), and replace the file atomically.
     """
-    import os
-    import tempfile
-
     import tomlkit
 
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -312,10 +309,19 @@ def add_dependency(path: Path, dep: Dependency) -> None:
     doc["dependencies"][dep.name] = entry  # type: ignore[index]
     out = tomlkit.dumps(doc)
     loads(out, str(path))  # never write a manifest treeseed itself could not read back
+    write_atomically(path, out)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, keeping its mode: a crash or a full disk
+    leaves the old manifest, never half a new one."""
+    import os
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(out)
+            f.write(text)
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
