@@ -94,10 +94,12 @@ def parse_value(name: str, kind: str, text: str, choices: tuple[str, ...] = ()) 
             return False
         raise ValueError(f"-D{name}={text}: expected true or false")
     if kind == "int":
-        try:
-            return int(text, 0)
-        except ValueError:
-            raise ValueError(f"-D{name}={text}: expected an integer") from None
+        for base in (0, 10):  # 0x10, 0o7, 0b1 as Python reads them; 010 as a person means it
+            try:
+                return int(text, base)
+            except ValueError:
+                continue
+        raise ValueError(f"-D{name}={text}: expected an integer")
     if kind == "enum":
         if text not in choices:
             raise ValueError(f"-D{name}={text}: expected one of {', '.join(choices)}")
@@ -165,6 +167,7 @@ class Build:
         self.options: dict[str, Option] = {}
         self.steps: dict[str, Step] = {}
         self.misses: list[Miss] = []
+        self.option_errors: list[str] = []
         self._read: list[str] = []
 
     # ---- options
@@ -179,9 +182,11 @@ class Build:
             try:
                 value = parse_value(name, kind, self.overrides[name], choices)
             except ValueError as exc:
-                raise OptionError(f"{exc}; {declared(self, extra=(name, kind, description, default, choices))}") from None
-            if kind == "enum" and isinstance(type, builtins.type):  # an Enum class: its member
-                value = next(m for m in type if str(m.value) == value)
+                # Keep the default and finish the pass, so the error can list every option.
+                self.option_errors.append(str(exc))
+            else:
+                if kind == "enum" and isinstance(type, builtins.type):  # an Enum: its member
+                    value = next(m for m in type if str(m.value) == value)
         self.options[name] = Option(name, kind, description, default, value, choices)
         self._read.append(f"{name}={format_value(value) if value is not None else 'none'}")
         return value
@@ -228,6 +233,9 @@ class Build:
                     {k: format_value(v) for k, v in options.items()}, self.listing,
                     f"{self.prefix}{name}:", f"{self.label}/{name}")
         run_script(sub)
+        if sub.option_errors:
+            raise OptionError(f"{self._where()}: {name}: {'; '.join(sub.option_errors)}; "
+                              f"{declared(sub)}")
         unknown = set(sub.overrides) - set(sub.options)
         if unknown:
             raise OptionError(f"{self._where()}: {name}'s build.py has no option "
@@ -309,6 +317,8 @@ def run_script(b: Build) -> None:
 
 def _script_failure(script: Path, exc: BaseException) -> str:
     """The script author's own frames only: our runner's frames are noise to them."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(script):
+        return f"{script}:{exc.lineno}: SyntaxError: {exc.msg}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(script)]
     where = f"{script}:{frames[-1].lineno}" if frames else str(script)
     trace = "".join(traceback.format_list(frames)).rstrip()
@@ -321,7 +331,10 @@ def _manifest_at(package_dir: Path) -> Manifest:
 
 
 def check_overrides(b: Build) -> None:
-    """Every -D must name a declared option: a typo must not silently build the default."""
+    """Every -D must name a declared option with a value of its type: a typo must not
+    silently build the default."""
+    if b.option_errors:
+        raise OptionError(f"{'; '.join(b.option_errors)}; {declared(b)}")
     unknown = sorted(set(b.overrides) - set(b.options))
     if unknown:
         raise OptionError(f"unknown option{'s' if len(unknown) > 1 else ''} "

@@ -85,6 +85,23 @@ def run_command_build(package_dir: Path, manifest: Manifest, cache: Cache, resol
         env["TREESEED_FETCH_ONLY"] = "1"
     if resolver.offline:
         env["TREESEED_OFFLINE"] = "1"
+    with tempfile.TemporaryDirectory(prefix="treeseed-bin-") as shim:
+        env["PATH"] = _shim(Path(shim)) + os.pathsep + env.get("PATH", "")
+        return _passes(command, package_dir, env, manifest, resolver, values, base, out)
+
+
+def _shim(directory: Path) -> str:
+    """A ``treeseed`` on PATH that is this very treeseed, however it was started (a script
+    on PATH, ``python -m treeseed``, another virtualenv): the build's ``treeseed path`` must
+    talk to the same installation and cache."""
+    script = directory / "treeseed"
+    script.write_text(f'#!/bin/sh\nexec {_quote(sys.executable)} -m treeseed "$@"\n')
+    script.chmod(0o755)
+    return str(directory)
+
+
+def _passes(command: str, package_dir: Path, env: dict[str, str], manifest: Manifest,
+            resolver: Resolver, values: dict[str, Any], base: str, out) -> int:
     for attempt in range(1, MAX_PASSES + 1):
         status, misses = _run_once(command, package_dir, env, out or sys.stdout)
         if not misses:

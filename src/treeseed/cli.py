@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("steps", nargs="*", metavar="STEP", help="steps to run (default: the default step)")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
                    help="set a build option (repeatable)")
-    p.add_argument("--fetch", nargs="?", const="needed", choices=("needed", "all"),
+    p.add_argument("--fetch", nargs="?", const="needed", metavar="needed|all",
                    help="configure and fetch only: what this configuration needs (default), or all")
     p.add_argument("--list", action="store_true", help="show the options and steps; fetch nothing")
     p.add_argument("--watch", action="store_true",
@@ -312,11 +312,16 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .runner import BuildRequest, run
 
+    from .runner import options_help
+
+    if args.fetch not in (None, "needed", "all"):  # `--fetch player`: a step, not a mode
+        args.steps.insert(0, args.fetch)
+        args.fetch = "needed"
     overrides = {}
     for define in args.defines:
         name, sep, value = define.partition("=")
         if not sep or not name:
-            raise TreeseedError(f"-D{define}: write -Dname=value")
+            raise TreeseedError(f"-D{define}: write -Dname=value; {options_help(_cache(args))}")
         overrides[name] = value
     request = BuildRequest(steps=args.steps, overrides=overrides, fetch=args.fetch,
                            list_only=args.list, watch=args.watch, jobs=args.jobs,

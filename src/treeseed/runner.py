@@ -91,6 +91,17 @@ def _list(root: Path, cache: Cache, request: BuildRequest) -> int:
     return 0
 
 
+def options_help(cache: Cache) -> str:
+    """The declared options of the package here, for an error about the command line."""
+    root = _package_root(Path.cwd())
+    manifest = _manifest(root)
+    if manifest.build is not None:
+        from .build_command import describe
+
+        return describe(manifest.options)
+    return declared(list_build(root, cache, {}))
+
+
 def _package_root(start: Path) -> Path:
     """The nearest directory with a treeseed.toml or a build.py."""
     here = start.resolve()

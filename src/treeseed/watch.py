@@ -21,17 +21,21 @@ POLL_SECONDS = 0.5
 SETTLE_SECONDS = 0.2  # editors write in several steps: wait for the tree to stop changing
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """(mtime_ns, size) of each watched file; a file that cannot be read counts as changed."""
+CONFIG_FILES = ("build.py", "treeseed.toml")
+
+
+def snapshot(root: Path, only: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of each watched file (or just ``only``); a vanished file counts as a
+    change."""
     from .package import scan_tree
     from .rules import rules_for
 
-    try:
-        rules = rules_for(root)
-        entries = scan_tree(root, str(root), rules)
-        paths = {e.path for e in entries} | {"build.py", "treeseed.toml"}
-    except TreeseedError:
-        paths = {"build.py", "treeseed.toml"}  # a broken manifest: watch it until it is fixed
+    paths = set(only or CONFIG_FILES)
+    if only is None:
+        try:
+            paths |= {e.path for e in scan_tree(root, str(root), rules_for(root))}
+        except TreeseedError:
+            pass  # a broken manifest: watch it until it is fixed
     out: dict[str, tuple[int, int]] = {}
     for rel in paths:
         try:
@@ -51,13 +55,19 @@ def watch(root: Path, build: Callable[[], None], quiet: bool = False) -> int:
     say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     try:
         while True:
+            scripts = snapshot(root, only=CONFIG_FILES)  # a build never writes these
             try:
                 build()
-                say("treeseed: build done; watching for changes (Ctrl-C to stop)")
+                status = "build done; watching for changes (Ctrl-C to stop)"
             except TreeseedError as exc:
                 say(f"treeseed: error: {exc}")
-                say("treeseed: watching for changes (Ctrl-C to stop)")
-            before = snapshot(root)
+                status = "watching for changes (Ctrl-C to stop)"
+            before = snapshot(root)  # before saying so: an edit seen after the message counts
+            edited = changed(scripts, snapshot(root, only=CONFIG_FILES))
+            if edited:  # saved while the build ran: it must not become the new baseline
+                say(f"treeseed: changed: {', '.join(edited)} (while building)")
+                continue
+            say(f"treeseed: {status}")
             while True:
                 time.sleep(POLL_SECONDS)
                 now = snapshot(root)
