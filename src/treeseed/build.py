@@ -58,7 +58,7 @@ class Option:
 
     def describe(self) -> str:
         kind = f"enum({'|'.join(self.choices)})" if self.kind == "enum" else self.kind
-        default = "none" if self.default is None else format_value(self.default)
+        default = "none" if self.default in (None, []) else format_value(self.default)
         return f"-D{self.name}=<{kind}>  {self.description} (default: {default})"
 
 
@@ -144,7 +144,7 @@ class Miss:
 
     def describe(self) -> str:
         why = f" (options read before it: {', '.join(self.options)})" if self.options else ""
-        return f"{self.request.dep.name}, asked for at {self.where}{why}"
+        return f"{self.request.dep.name} of {self.package}, asked for at {self.where}{why}"
 
 
 # ----------------------------------------------------------------------------- the script API
