@@ -53,7 +53,7 @@ def main() -> int:
             subprocess.run(cmd, check=True, capture_output=True)
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["sha256sum (1 core)"])
-    print(f"\n| tool | median s | MB/s | x sha256sum |\n| --- | --- | --- | --- |")
+    print("\n| tool | median s | MB/s | x sha256sum |\n| --- | --- | --- | --- |")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"| {name} | {med:.2f} | {size / 1e6 / med:.0f} | {med / base:.2f} |")

@@ -366,7 +366,7 @@ def test_lazy_dependency_of_a_dependency_offline_names_it(cache_dir: Path, serve
     err = failed(build(cache_dir, root, "--offline"))
     script = cache_dir / "p" / codec / "build.py"
     line = line_of(script, 'b.lazy_dependency("x")')
-    assert f"x, asked for at {script}:{line}" in err
+    assert f"x of app/codec, asked for at {script}:{line}" in err
     assert "x=true" in err
     assert server.hits == ["/pkgs/codec-1.0.tar.gz"]
 
@@ -463,7 +463,7 @@ DECLARED = [
     "-Denable-mp3=<bool>  MP3 decoding via lame (default: true)",
     "-Dlevel=<int>  optimisation level (default: 2)",
     "-Dcodec=<enum(mp3|ogg)>  the codec (default: mp3)",
-    "-Dflags=<list>  extra compiler flags (default: )",
+    "-Dflags=<list>  extra compiler flags (default: empty)",
     "-Darch=<enum(x86|arm)>  target architecture (default: x86)",
 ]
 

@@ -58,7 +58,7 @@ class Option:
 
     def describe(self) -> str:
         kind = f"enum({'|'.join(self.choices)})" if self.kind == "enum" else self.kind
-        default = "none" if self.default in (None, []) else format_value(self.default)
+        default = "none" if self.default is None else (format_value(self.default) or "empty")
         return f"-D{self.name}=<{kind}>  {self.description} (default: {default})"
 
 

@@ -54,7 +54,7 @@ def describe(specs: dict[str, OptionSpec]) -> str:
     lines = []
     for spec in specs.values():
         kind = f"enum({'|'.join(spec.values)})" if spec.type == "enum" else spec.type
-        default = "none" if spec.default in (None, []) else format_value(spec.default)
+        default = "none" if spec.default is None else (format_value(spec.default) or "empty")
         lines.append(f"  -D{spec.name}=<{kind}>  {spec.description} (default: {default})")
     return "declared options:\n" + "\n".join(lines)
 

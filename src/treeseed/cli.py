@@ -212,6 +212,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
     """``treeseed fetch`` in a package: every non-lazy dependency, transitively."""
+    from .config import fetchers as configured_fetchers
     from .deps import Resolver, base_url_of, find_package
     from .manifest import MANIFEST_NAME, load
     from .progress import reporter
@@ -219,7 +220,8 @@ def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
     root = find_package(Path.cwd())
     manifest = load(root / MANIFEST_NAME)
     with reporter(quiet=_quiet(args) or args.json) as (events, _summary):
-        resolver = Resolver(_cache(args), offline=_offline(args), jobs=args.jobs, events=events)
+        resolver = Resolver(_cache(args), offline=_offline(args), jobs=args.jobs, events=events,
+                            fetchers=configured_fetchers(manifest.fetchers))
         resolved = resolver.fetch_all(manifest, base_url_of(root), include_lazy=args.lazy)
     if args.json:
         print(json.dumps([r.as_json() for r in resolved], indent=2))
@@ -227,7 +229,7 @@ def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from .deps import base_url_of, find_package
+    from .deps import find_package
     from .fetch import fetch, package_name
     from .manifest import MANIFEST_NAME, Dependency, add_dependency
 

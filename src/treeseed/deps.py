@@ -87,6 +87,8 @@ class Resolver:
     offline: bool = False
     jobs: int = 4
     events: Events = field(default_factory=Events)
+    #: URL scheme -> fetcher command (the user's config plus the root package's [fetchers]).
+    fetchers: dict[str, str] | None = None
     _follow_lazy: bool = field(default=False, init=False, repr=False)
 
     def fetch_all(self, manifest: Manifest, base: str, include_lazy: bool = False,
@@ -203,7 +205,7 @@ class Resolver:
                     continue
                 self.events.started(dep, url)
                 try:
-                    result = fetch(url, cache, dep.hash,
+                    result = fetch(url, cache, dep.hash, fetchers=self.fetchers,
                                    progress=lambda done, total: self.events.progress(dep, done, total))
                 except TreeseedError as exc:
                     why = str(exc)

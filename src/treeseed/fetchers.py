@@ -70,7 +70,7 @@ def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = No
                 configured: dict[str, str] | None = None) -> Fetcher:
     """The fetcher for ``url``: a configured command for its scheme, else the built-in one."""
     scheme = scheme_of(url)
-    command = (configured or {}).get(scheme)
+    command = (configured if configured is not None else _user_config_fetchers()).get(scheme)
     if command:
         return Fetcher(shlex.split(command) + [url], trusted=False)
     if scheme not in BUILTIN_SCHEMES and not scheme.startswith("git+"):
@@ -222,6 +222,7 @@ class FetcherRun:
                 _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers (git children)
+        _wait_group_gone(self.proc.pid)
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
@@ -233,6 +234,25 @@ class FetcherRun:
         proc = getattr(self, "proc", None)
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
+
+
+def _user_config_fetchers() -> dict[str, str]:
+    """The ``[fetchers]`` of the user config file ($TREESEED_CONFIG), when the caller passed none."""
+    from .config import fetchers
+
+    return fetchers()
+
+
+def _wait_group_gone(pgid: int, limit: float = 5.0) -> None:
+    """Wait (bounded) until no process of the fetcher's group is left, so none can write into
+    the work directory while it is being removed."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)
 
 
 def _signal_group(pid: int, sig: int) -> None:

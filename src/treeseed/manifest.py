@@ -50,6 +50,7 @@ class Manifest:
     build: str | None = None
     dependencies: dict[str, "Dependency"] = field(default_factory=dict)
     options: dict[str, "OptionSpec"] = field(default_factory=dict)
+    fetchers: dict[str, str] = field(default_factory=dict)
 
     def line_of(self, key: str, table: str | None = None) -> int | None:
         """Best-effort line number of ``key`` (inside ``[table]`` when given), for errors.
@@ -96,6 +97,11 @@ def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:
     _read_package(manifest, data.get("package", {}))
     manifest.dependencies = _read_dependencies(manifest, data.get("dependencies", {}))
     manifest.options = _read_options(manifest, data.get("options", {}))
+    fetchers = data.get("fetchers", {})
+    if not isinstance(fetchers, dict) or not all(isinstance(v, str) and v for v in fetchers.values()):
+        raise manifest.error('[fetchers] maps a URL scheme to a command string, e.g. '
+                             '"s3" = "my-fetcher --flag"', "fetchers")
+    manifest.fetchers = dict(fetchers)
     return manifest
 
 

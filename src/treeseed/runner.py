@@ -53,7 +53,10 @@ def build_once(root: Path, cache: Cache, request: BuildRequest, in_watch: bool =
 
     manifest = _manifest(root)
     with reporter(quiet=request.quiet) as (events, summary):
-        resolver = Resolver(cache, offline=request.offline, jobs=min(request.jobs, 8), events=events)
+        from .config import fetchers
+
+        resolver = Resolver(cache, offline=request.offline, jobs=min(request.jobs, 8), events=events,
+                            fetchers=fetchers(manifest.fetchers))
         if manifest.build is not None:
             from .build_command import run_command_build
 

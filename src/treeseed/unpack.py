@@ -30,7 +30,6 @@ import sys
 import threading
 import zipfile
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator

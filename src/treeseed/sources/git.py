@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -298,16 +297,22 @@ class _Result:
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float, report=None) -> _Result:
-    """Run ``cmd`` in its own process group, killed whole after ``timeout`` seconds. stderr is
-    read as it arrives (``report`` sees each progress line); both outputs are kept."""
+    """Run ``cmd``, killed after ``timeout`` seconds. stderr is read as it arrives (``report``
+    sees each progress line); both outputs are kept.
+
+    git stays in the fetcher's process group (no session of its own): when the cache stops
+    the fetcher it signals that whole group, and no git may outlive it and keep writing into
+    the work directory being removed. On a timeout git itself is killed; its helpers
+    (upload-pack, remote-http) end when their pipes close.
+    """
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, env=env)
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
         except OSError:
             pass
 
