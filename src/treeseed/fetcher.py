@@ -90,14 +90,24 @@ def _progress(done: int, total: int | None) -> None:
     print(f"progress {done} {total if total is not None else '-'}", flush=True)
 
 
-def die_with_parent() -> None:
-    """Be killed when the cache process dies (Linux), so no orphan keeps writing into tmp/."""
+def stop_cleanly() -> None:
+    """On SIGTERM (the cache stopping us, or the cache process dying), kill the git commands
+    we started (each runs in a process group of its own) before exiting, so nothing keeps
+    writing into the work directory. Also ask Linux to send that SIGTERM if the cache dies."""
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        git = sys.modules.get("treeseed.sources.git")
+        if git is not None:
+            git.kill_active()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     parent = os.environ.get("TREESEED_PARENT_PID")
     try:
         import ctypes
-        import signal
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if parent and os.getppid() != int(parent):  # it died before the line above ran
@@ -105,7 +115,7 @@ def die_with_parent() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    die_with_parent()
+    stop_cleanly()
     parser = argparse.ArgumentParser(prog="python -m treeseed.fetcher")
     parser.add_argument("url")
     parser.add_argument("--format", action="append", default=[], dest="formats")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import shutil
 import subprocess
 import threading
@@ -296,23 +297,36 @@ class _Result:
     timed_out: bool = False
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float, report=None) -> _Result:
-    """Run ``cmd``, killed after ``timeout`` seconds. stderr is read as it arrives (``report``
-    sees each progress line); both outputs are kept.
+#: Process groups of git commands now running (see :func:`_run`).
+ACTIVE_GROUPS: set[int] = set()
 
-    git stays in the fetcher's process group (no session of its own): when the cache stops
-    the fetcher it signals that whole group, and no git may outlive it and keep writing into
-    the work directory being removed. On a timeout git itself is killed; its helpers
-    (upload-pack, remote-http) end when their pipes close.
+
+def kill_active() -> None:
+    """Kill every git command this process started and that is still running."""
+    for pgid in list(ACTIVE_GROUPS):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float, report=None) -> _Result:
+    """Run ``cmd`` in its own process group, killed whole after ``timeout`` seconds. stderr is
+    read as it arrives (``report`` sees each progress line); both outputs are kept.
+
+    The group is registered in :data:`ACTIVE_GROUPS` while it runs, so the fetcher program can
+    kill it when the cache stops the fetcher (:func:`kill_active`): no git may outlive the
+    fetcher and keep writing into a work directory that is being removed.
     """
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    ACTIVE_GROUPS.add(proc.pid)
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
         try:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
 
@@ -342,6 +356,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float, report=None) -> _R
         if proc.poll() is None:
             kill()
             proc.wait()
+        ACTIVE_GROUPS.discard(proc.pid)
         stdout.close()
         stderr.close()
     return _Result(code, (out[0] if out else b"").decode("utf-8", "replace"),
