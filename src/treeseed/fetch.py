@@ -109,7 +109,7 @@ def _fetch_into(
                 run.stop()
                 if fetcher.trusted:
                     cache.add_aliases(known, run.announced)
-                hit = _cached(cache, known, url, formats)
+                hit = _cached(cache, known, url, formats, transferred=run.transferred)
                 hit.revision = run.announced.get("git-commit")
                 return hit
         run.finish()

@@ -112,6 +112,7 @@ class FetcherRun:
             self.proc = subprocess.Popen(
                 self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
+                preexec_fn=None if self.fetcher.trusted else _die_with_parent,
             )
         except OSError as exc:
             self.close()
@@ -119,6 +120,7 @@ class FetcherRun:
                                f"{exc.strerror}") from None
         self._deadline = time.monotonic() + self.timeout
         self._stdout_buffer = b""
+        self.transferred = 0  # the last byte count the fetcher reported
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
 
     def announcements(self) -> Iterator[tuple[str, str]]:
@@ -188,12 +190,14 @@ class FetcherRun:
         *lines, self._stdout_buffer = self._stdout_buffer.split(b"\n")
         for line in lines:
             parts = line.split()
-            if len(parts) == 3 and parts[0] == b"progress" and self.progress is not None:
+            if len(parts) == 3 and parts[0] == b"progress":
                 try:
-                    total = None if parts[2] == b"-" else int(parts[2])
-                    self.progress(int(parts[1]), total)
+                    done, total = int(parts[1]), None if parts[2] == b"-" else int(parts[2])
                 except ValueError:
-                    pass
+                    continue
+                self.transferred = done
+                if self.progress is not None:
+                    self.progress(done, total)
         return True
 
     def finish(self) -> None:
@@ -244,15 +248,51 @@ def _user_config_fetchers() -> dict[str, str]:
 
 
 def _wait_group_gone(pgid: int, limit: float = 5.0) -> None:
-    """Wait (bounded) until no process of the fetcher's group is left, so none can write into
-    the work directory while it is being removed."""
+    """Wait (bounded) until no live process of the fetcher's group is left, so none can write
+    into the work directory while it is being removed. Zombies count as gone: they write
+    nothing, and in a container without a proper init they may linger for seconds."""
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+    while time.monotonic() < deadline and _live_members(pgid):
         time.sleep(0.01)
+
+
+def _live_members(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: trust killpg
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command name: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+try:  # resolved before any fork: the child side must only make the call
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In a configured fetcher's child, before exec: SIGKILL it if the cache process dies
+    (Linux PR_SET_PDEATHSIG). treeseed's own fetcher arranges this itself, with a SIGTERM it
+    handles to stop its git commands."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: int) -> None:
