@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Mapping
 
@@ -56,3 +58,47 @@ def run_cli(*args: str, cache: Path | None = None, env: Mapping[str, str] | None
     if check and proc.returncode != 0:
         raise AssertionError(f"treeseed {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def tar_gz(files: dict[str, bytes], top: str) -> bytes:
+    """A .tar.gz with one top-level directory ``top`` holding ``files``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for rel, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"{top}/{rel}")
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def run_on_terminal(*args: str, cache: Path) -> str:
+    """Run ``python -m treeseed`` on a real pty (so it sees a terminal) and return all it drew.
+
+    Reads until the child closes the terminal; each read waits at most 60 s.
+    """
+    import pty
+    import select
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache), *args],
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    os.close(terminal)
+    screen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([controller], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the child side is closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(controller)
+        assert proc.wait(timeout=60) == 0
+    return screen.decode("utf-8", "replace")

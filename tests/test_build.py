@@ -10,13 +10,11 @@ a tiny C program whose output says which headers it was compiled with.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tar_gz
 from httpserver import Reply, Server
 from httpserver import server, servers  # noqa: F401  (the fixtures)
 
@@ -68,18 +66,6 @@ WITHOUT_MP3 = "player zlib 13 no mp3"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tar_gz(files: dict[str, bytes], top: str) -> bytes:
-    """A .tar.gz with one top-level directory ``top`` holding ``files``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for rel, data in sorted(files.items()):
-            info = tarfile.TarInfo(f"{top}/{rel}")
-            info.size = len(data)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 class Packages:

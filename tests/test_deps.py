@@ -9,19 +9,16 @@ witness for what was fetched, how often, and that a cached run asks for nothing.
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import os
 import subprocess
-import sys
-import tarfile
 import threading
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_on_terminal, tar_gz
 from httpserver import Reply, Server, closed_port
 from httpserver import server, servers  # noqa: F401  (the fixtures)
 
@@ -47,18 +44,6 @@ def dep_toml(name: str, url: str, hash: str | None = None, mirrors: list[str] | 
 def manifest(name: str, *deps: str) -> str:
     head = f'# the {name} package\n[package]\nname = "{name}"\nversion = "1.0.0"\n'
     return head + "".join("\n" + d for d in deps)
-
-
-def tar_gz(files: dict[str, bytes], top: str) -> bytes:
-    """A .tar.gz with one top-level directory ``top`` holding ``files``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for rel, data in sorted(files.items()):
-            info = tarfile.TarInfo(f"{top}/{rel}")
-            info.size = len(data)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 class Packages:
@@ -250,34 +235,10 @@ def test_dependencies_are_fetched_in_parallel(tmp_path: Path, cache_dir: Path, s
 
 def test_progress_display_on_a_terminal(tmp_path: Path, cache_dir: Path, server: Server) -> None:
     """On a terminal (a real pty) the run draws bars with bytes and rate, then the summary."""
-    import pty
-    import select
-
     pk = Packages(tmp_path)
     big_body, big = pk.build("big", extra=os.urandom(3 << 20))
     root = make_root(tmp_path, dep_toml("big", serve(server, "/big.tar.gz", big_body, trickle=0.01), big))
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir), "-C",
-                             str(root), "fetch"], stdin=terminal, stdout=terminal, stderr=terminal,
-                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
-    os.close(terminal)
-    screen = b""
-    try:
-        while True:
-            ready, _, _ = select.select([controller], [], [], 60)
-            if not ready:
-                break
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the child side is closed
-                break
-            if not chunk:
-                break
-            screen += chunk
-    finally:
-        os.close(controller)
-        assert proc.wait(timeout=60) == 0
-    text = screen.decode("utf-8", "replace")
+    text = run_on_terminal("-C", str(root), "fetch", cache=cache_dir)
     assert "big" in text and "packages" in text
     assert "MB" in text and "/s" in text  # bytes so far and the rate
     assert big in text

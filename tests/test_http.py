@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tree, run_cli
+from conftest import make_tree, run_cli, run_on_terminal
 from httpserver import Reply, Server, closed_port, tar_gz_bytes
 from httpserver import server  # noqa: F401  (the fixture)
 
@@ -119,34 +119,9 @@ def test_large_download_prints_only_the_result(tmp_path: Path, cache_dir: Path, 
 
 def test_large_download_shows_progress_on_a_terminal(cache_dir: Path, server: Server) -> None:
     """On a terminal (a real pty), a large download draws a progress bar with bytes and rate."""
-    import pty
-    import select
-    import sys
-
     body = tar_gz_bytes(os.urandom(6 << 20))
     server.routes["/big.tar.gz"] = Reply(200, body, {"Content-Type": "application/octet-stream"})
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir), "fetch",
-                             server.url("/big.tar.gz")], stdin=terminal, stdout=terminal,
-                            stderr=terminal, env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
-    os.close(terminal)
-    screen = b""
-    try:
-        while True:  # read until the child closes the terminal; bounded by its own timeout below
-            ready, _, _ = select.select([controller], [], [], 60)
-            if not ready:
-                break
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the child side is closed
-                break
-            if not chunk:
-                break
-            screen += chunk
-    finally:
-        os.close(controller)
-        assert proc.wait(timeout=60) == 0
-    text = screen.decode("utf-8", "replace")
+    text = run_on_terminal("fetch", server.url("/big.tar.gz"), cache=cache_dir)
     assert "downloading" in text
     assert "MB" in text and "/s" in text  # bytes so far and the rate
     assert "bt2-" in text
