@@ -108,18 +108,9 @@ def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:
 def _read_package(manifest: Manifest, table: Any) -> None:
     if not isinstance(table, dict):
         raise manifest.error("[package] must be a table", "package")
-    for key, value in table.items():
-        expected = _PACKAGE_KEYS.get(key)
-        if expected is None:
-            raise manifest.error(
-                f"unknown key in [package]; expected one of {', '.join(sorted(_PACKAGE_KEYS))}",
-                key, "package",
-            )
-        if not isinstance(value, expected):
-            raise manifest.error(
-                f"must be a {_type_name(expected)}, not {_type_name(type(value))}", key, "package"
-            )
-        if expected is list and not all(isinstance(item, str) for item in value):
+    _check_keys(manifest, table, _PACKAGE_KEYS, "package")
+    for key in ("include", "exclude"):
+        if not all(isinstance(item, str) for item in table.get(key, [])):
             raise manifest.error("must be a list of strings (glob patterns)", key, "package")
     manifest.name = table.get("name")
     manifest.version = table.get("version")
@@ -168,14 +159,7 @@ def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
         if not isinstance(spec, dict):
             raise manifest.error("a dependency must be a table with at least a url", name,
                                  "dependencies")
-        for key, value in spec.items():
-            expected = _DEPENDENCY_KEYS.get(key)
-            if expected is None:
-                raise manifest.error(f"unknown key in [{where}]; expected one of "
-                                     f"{', '.join(sorted(_DEPENDENCY_KEYS))}", key, where)
-            if not isinstance(value, expected):
-                raise manifest.error(f"must be a {_type_name(expected)}, not "
-                                     f"{_type_name(type(value))}", key, where)
+        _check_keys(manifest, spec, _DEPENDENCY_KEYS, where)
         if "url" not in spec:
             raise manifest.error(f"dependency {name!r} has no url", name, "dependencies")
         mirrors = spec.get("mirrors", [])
@@ -216,13 +200,7 @@ def _read_options(manifest: Manifest, table: Any) -> dict[str, OptionSpec]:
         where = f"options.{name}"
         if not isinstance(spec, dict):
             raise manifest.error("an option must be a table with a type", name, "options")
-        for key, value in spec.items():
-            expected = _OPTION_KEYS.get(key)
-            if expected is None:
-                raise manifest.error(f"unknown key in [{where}]; expected one of "
-                                     f"{', '.join(sorted(_OPTION_KEYS))}", key, where)
-            if not isinstance(value, expected):
-                raise manifest.error(f"must be a {_type_name(expected)}", key, where)
+        _check_keys(manifest, spec, _OPTION_KEYS, where)
         kind = spec.get("type")
         if kind not in OPTION_TYPES:
             raise manifest.error(f"type must be one of {', '.join(OPTION_TYPES)}", "type"
@@ -250,6 +228,19 @@ def _default_fits(option: OptionSpec) -> bool:
     if option.type == "enum":
         return value in option.values
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_keys(manifest: Manifest, table: dict, allowed: dict[str, type | tuple[type, ...]],
+                where: str) -> None:
+    """Every key of ``[where]`` must be one of ``allowed``, with a value of its type."""
+    for key, value in table.items():
+        expected = allowed.get(key)
+        if expected is None:
+            raise manifest.error(f"unknown key in [{where}]; expected one of "
+                                 f"{', '.join(sorted(allowed))}", key, where)
+        if not isinstance(value, expected):
+            raise manifest.error(f"must be a {_type_name(expected)}, not "
+                                 f"{_type_name(type(value))}", key, where)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
