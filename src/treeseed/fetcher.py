@@ -26,11 +26,17 @@ PACKAGE_DIR = "package"
 RESULT_FILE = "result.json"
 
 
+#: After these, the next step is the expensive one (downloading objects, unpacking): wait for
+#: the cache's ``continue`` first, so a "stop, I have it" always wins the race.
+GATED = ("git-commit", "archive-sha256")
+
+
 class Announcer:
     """Writes ``<format> <value>`` lines to the hashes fifo, each flushed at once."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, gate=None) -> None:  # type: ignore[no-untyped-def]
         self._file = open(path, "w", buffering=1, encoding="ascii") if path else None
+        self._gate = gate  # the cache's answers (our stdin), or None outside the cache
         self.sent: dict[str, str] = {}
 
     def __call__(self, fmt: str, value: str) -> None:
@@ -40,6 +46,8 @@ class Announcer:
         if self._file is not None:
             self._file.write(f"{fmt} {value}\n")
             self._file.flush()
+            if fmt in GATED and self._gate is not None:
+                self._gate.readline()  # "continue", or end of file: go on either way
 
     def close(self) -> None:
         if self._file is not None:
@@ -121,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", action="append", default=[], dest="formats")
     parser.add_argument("--max-size", type=int)
     args = parser.parse_args(argv)
-    announce = Announcer(os.environ.get("TREESEED_HASHES"))
+    announce = Announcer(os.environ.get("TREESEED_HASHES"), sys.stdin)
     try:
         result = run(args.url, args.formats, args.max_size, announce)
         Path(RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")

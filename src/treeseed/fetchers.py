@@ -110,7 +110,7 @@ class FetcherRun:
                "TREESEED_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         try:
             self.proc = subprocess.Popen(
-                self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
+                self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
                 preexec_fn=None if self.fetcher.trusted else _die_with_parent,
             )
@@ -157,8 +157,22 @@ class FetcherRun:
         while b"\n" in self._buffer:
             raw, self._buffer = self._buffer.split(b"\n", 1)
             yield self._parse(raw)
+            self._go_ahead()  # the caller looked the value up and did not stop us
         if len(self._buffer) > MAX_LINE:
             self._protocol_error(self._buffer[:80])
+
+    def _go_ahead(self) -> None:
+        """Answer an announcement with ``continue`` on the fetcher's stdin. A fetcher may wait
+        for it after an early hash, so that "stop, the cache has it" can never lose a race
+        with its next download; one that does not read it loses nothing."""
+        stdin = self.proc.stdin
+        if stdin is None:
+            return
+        try:
+            stdin.write(b"continue\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
 
     def _parse(self, raw: bytes) -> tuple[str, str]:
         try:
@@ -236,8 +250,12 @@ class FetcherRun:
                 pass
         self._log.close()
         proc = getattr(self, "proc", None)
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
+        for stream in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
 
 
 def _user_config_fetchers() -> dict[str, str]:
