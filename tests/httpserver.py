@@ -71,24 +71,17 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-class Server:
-    def __init__(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class LoopbackServer:
+    """A ThreadingHTTPServer on 127.0.0.1, an ephemeral port, served from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.httpd.routes = {}  # type: ignore[attr-defined]
-        self.httpd.hits = []  # type: ignore[attr-defined]
-        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
+
+    def start(self) -> None:
         self.thread.start()
-
-    @property
-    def routes(self) -> dict[str, Reply]:
-        return self.httpd.routes  # type: ignore[attr-defined]
-
-    @property
-    def hits(self) -> list[str]:
-        return self.httpd.hits  # type: ignore[attr-defined]
 
     def url(self, path: str) -> str:
         host, port = self.httpd.server_address[:2]
@@ -99,6 +92,22 @@ class Server:
         self.httpd.server_close()
         self.thread.join(timeout=10)
 
+
+class Server(LoopbackServer):
+    def __init__(self) -> None:
+        super().__init__(Handler)
+        self.httpd.routes = {}  # type: ignore[attr-defined]
+        self.httpd.hits = []  # type: ignore[attr-defined]
+        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
+        self.start()
+
+    @property
+    def routes(self) -> dict[str, Reply]:
+        return self.httpd.routes  # type: ignore[attr-defined]
+
+    @property
+    def hits(self) -> list[str]:
+        return self.httpd.hits  # type: ignore[attr-defined]
 
 @pytest.fixture
 def server() -> Iterator[Server]:

@@ -39,7 +39,7 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator
 
@@ -47,7 +47,7 @@ import pytest
 
 from conftest import make_tree, run_cli
 from gitserver import GitServer, _Handler as GitHandler, _v2_command, file_url, git_server, make_repo  # noqa: F401
-from httpserver import Reply, Server, server, tar_gz_bytes  # noqa: F401
+from httpserver import LoopbackServer, Reply, Server, server, tar_gz_bytes  # noqa: F401
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc and relies on PR_SET_PDEATHSIG")
@@ -235,7 +235,7 @@ class _HoldingHandler(BaseHTTPRequestHandler):
         pass
 
 
-class HoldingServer:
+class HoldingServer(LoopbackServer):
     """Sends headers and the first ``first`` bytes of a body, then withholds the rest until the
     client hangs up (or :data:`HOLD` seconds pass, then sends it). ``log`` says what happened."""
 
@@ -244,23 +244,14 @@ class HoldingServer:
         self.log: list[Held] = []
         self.lock = threading.Lock()
         self.holding = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _HoldingHandler)
-        self.httpd.daemon_threads = True
+        super().__init__(_HoldingHandler)
         self.httpd.owner = self  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.start()
 
     def serve(self, path: str, body: bytes, headers: dict[str, str] | None = None,
               first: int = 0) -> str:
         self.routes[path] = (body, {"Content-Type": "application/gzip", **(headers or {})}, first)
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        return self.url(path)
 
 
 @pytest.fixture
