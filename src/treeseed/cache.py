@@ -3,6 +3,8 @@
 Layout under the cache root::
 
     p/<bt2 hash>/     one verified package per directory; only ever created by rename
+    a/<sha256 hex>    archives kept as downloaded (for Nix's flat hashes); checked, renamed in
+    t/<bt2 hash>.*    derived swarm data: the .torrent and every block hash (treeseed.swarm)
     tmp/w-<random>/   a fetch in progress, locked (flock) by its owner while it lives
     locks/<key>.lock  serialises processes fetching the same package or source
     index.sqlite      derived data: sizes, last use, aliases (zig, nar, git, archive-sha256 ...)
@@ -20,12 +22,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .errors import CacheError
+from .errors import CacheError, TreeseedError
 from .ids import is_bt2
 
 if TYPE_CHECKING:
@@ -89,10 +92,13 @@ class Cache:
     """A cache root; cheap to create (nothing is touched until used)."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+        # Absolute: fetchers run in work directories and are handed paths inside the cache.
+        self.root = (Path(root) if root is not None else default_cache_dir()).absolute()
         self.packages_dir = self.root / "p"
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
+        self.archives_dir = self.root / "a"
+        self.torrents_dir = self.root / "t"
         self._db: "sqlite3.Connection | None" = None
 
     # ------------------------------------------------------------------ paths and lookups
@@ -115,6 +121,63 @@ class Cache:
         if row and self.has(row[0]):
             return row[0]
         return None
+
+    def archive_path(self, sha256_hex: str) -> Path:
+        """Where an archive whose SHA-256 is ``sha256_hex`` is kept, if it is kept at all."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256_hex):
+            raise CacheError(f"{sha256_hex!r} is not a SHA-256 in lowercase hex")
+        return self.archives_dir / sha256_hex
+
+    def keep_archive(self, source: Path, expected_sha256: str | None = None) -> str:
+        """Keep a copy of the archive at ``source`` as ``a/<its SHA-256>``; return that hex.
+
+        The copy is hashed as it is written into ``tmp/`` and renamed into ``a/`` only once its
+        digest is known (and equals ``expected_sha256``, when given), so a file in ``a/`` is
+        always whole and always named by its contents: ``treeseed serve`` hands it out under
+        that name (Nix's hashed-mirror layout) without reading it first.
+        """
+        import hashlib
+        import secrets
+
+        self._ensure_dirs()
+        tmp = self.tmp_dir / f"a-{os.getpid()}-{secrets.token_hex(6)}"
+        h = hashlib.sha256()
+        try:
+            with open(source, "rb") as src, open(tmp, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+                os.fchmod(out.fileno(), 0o644)
+            digest = h.hexdigest()
+            if expected_sha256 is not None and digest != expected_sha256.lower():
+                raise CacheError(f"{source}: SHA-256 is {digest}, not the expected "
+                                 f"{expected_sha256}; the archive was not kept")
+            self.archives_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, self.archive_path(digest))
+        except OSError as exc:
+            raise CacheError(f"cannot keep {source} in {self.archives_dir}: "
+                             f"{exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+    def is_private(self, package_hash: str, listed: Sequence[str] = ()) -> bool:
+        """Private packages are never announced, seeded, served or looked up in the swarm:
+        those whose own manifest says ``private = true``, and those ``listed`` (the ``private``
+        setting) by hash or by name. Read from the package itself, not the index, so a stale
+        or rebuilt index can never make a private package public."""
+        if package_hash in listed:
+            return True
+        from .manifest import MANIFEST_NAME, load
+
+        path = self.path(package_hash) / MANIFEST_NAME
+        if not path.is_file():
+            return False
+        try:
+            manifest = load(path, f"{package_hash}: {MANIFEST_NAME}")
+        except TreeseedError:
+            return True  # unreadable: err on the side of not publishing it
+        return bool(manifest.private) or (manifest.name is not None and manifest.name in listed)
 
     def aliases(self, package_hash: str) -> dict[str, str]:
         rows = self.db.execute("SELECT format, value FROM aliases WHERE hash = ?", (package_hash,))

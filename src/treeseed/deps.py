@@ -17,9 +17,10 @@ directory for the root, the dependency's own URL for a fetched package.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from .cache import Cache
@@ -29,6 +30,8 @@ from .manifest import load as load_manifest
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from .config import Settings
 
 NETWORK_SCHEMES = ("http://", "https://", "git+http://", "git+https://")
 
@@ -49,6 +52,9 @@ class Resolved:
     transferred: int = 0
     parent: str | None = None  # the package that asked for it (None: the root)
     lazy: bool = False
+    #: What relative URLs in its own manifest are read against: its declared URL, even when
+    #: the bytes came from a mirror or the swarm (None: ``url``).
+    base: str | None = None
 
     def as_json(self) -> dict:
         return {"name": self.name, "hash": self.hash, "path": str(self.path), "url": self.url,
@@ -89,6 +95,8 @@ class Resolver:
     events: Events = field(default_factory=Events)
     #: URL scheme -> fetcher command (the user's config plus the root package's [fetchers]).
     fetchers: dict[str, str] | None = None
+    #: The user's settings: mirrors, torrenting, private packages (defaults when None).
+    settings: Settings | None = None
     _follow_lazy: bool = field(default=False, init=False, repr=False)
 
     def fetch_all(self, manifest: Manifest, base: str, include_lazy: bool = False,
@@ -122,8 +130,8 @@ class Resolver:
         pending: list[Request] = []
         for task in roots:
             self._enqueue(task, seen, pending)
-        pool: "ThreadPoolExecutor | None" = None
-        running: "dict[Future[Resolved], Request]" = {}
+        pool: ThreadPoolExecutor | None = None
+        running: dict[Future[Resolved], Request] = {}
         try:
             while pending or running:
                 # The cache hits resolve inline: no thread, no lock, no import of the pipeline.
@@ -179,7 +187,8 @@ class Resolver:
         child = load_manifest(manifest_path, f"{resolved.name} ({resolved.hash}): {MANIFEST_NAME}")
         for dep in child.dependencies.values():
             if self._follow_lazy or not dep.lazy:
-                self._enqueue(Request(dep, resolved.url, resolved.name, child.path), seen, pending)
+                self._enqueue(Request(dep, resolved.base or resolved.url, resolved.name, child.path),
+                              seen, pending)
 
     def _cached(self, task: Request) -> Resolved | None:
         dep = task.dep
@@ -191,31 +200,60 @@ class Resolver:
         return None
 
     def _fetch(self, task: Request) -> Resolved:
-        """Try each URL of the dependency in order; the first that yields its hash wins."""
+        """A pinned dependency comes from wherever its hash can be had (:mod:`treeseed.locate`:
+        mirrors, origin URLs, the swarm); an unpinned one from its URLs, the first that works."""
+        dep = task.dep
+        cache = Cache(self.cache.root)  # one index connection per thread
+        try:
+            if dep.hash:
+                return self._obtain(task, cache)
+            return self._first_url(task, cache)
+        finally:
+            cache.close()
+
+    def _obtain(self, task: Request, cache: Cache) -> Resolved:
+        from .config import Settings
+        from .locate import AllSourcesFailed, announce_new, obtain
+
+        dep = task.dep
+        assert dep.hash is not None
+        settings = self.settings or Settings.defaults()
+        try:
+            result = obtain(
+                cache, dep.hash, [absolute_url(u, task.base) for u in dep.urls], settings,
+                name=dep.name, offline=self.offline, fetchers=self.fetchers,
+                progress=lambda done, total: self.events.progress(dep, done, total),
+                on_url=lambda url: self.events.started(dep, url),
+                on_failure=lambda url, why: self.events.failed_url(dep, url, why))
+        except AllSourcesFailed as exc:
+            raise _AllUrlsFailed(exc.reasons) from None
+        announce_new(cache, result, settings)
+        declared = absolute_url(dep.url, task.base)
+        came_from = declared if result.source == "cache" else result.source
+        return Resolved(dep.name, result.hash, result.path, came_from, result.cached,
+                        result.transferred, task.parent, dep.lazy, base=declared)
+
+    def _first_url(self, task: Request, cache: Cache) -> Resolved:
         from .fetch import fetch
 
         dep = task.dep
-        cache = Cache(self.cache.root)  # one index connection per thread
         reasons: list[str] = []
-        try:
-            for raw in dep.urls:
-                url = absolute_url(raw, task.base)
-                if self.offline and url.startswith(NETWORK_SCHEMES):
-                    reasons.append(f"{url}: skipped, --offline")
-                    continue
-                self.events.started(dep, url)
-                try:
-                    result = fetch(url, cache, dep.hash, fetchers=self.fetchers,
-                                   progress=lambda done, total: self.events.progress(dep, done, total))
-                except TreeseedError as exc:
-                    why = str(exc)
-                    reasons.append(why if why.startswith(url) else f"{url}: {why}")
-                    self.events.failed_url(dep, url, why)
-                    continue
-                return Resolved(dep.name, result.hash, result.path, url, result.cached,
-                                result.transferred, task.parent, dep.lazy)
-        finally:
-            cache.close()
+        for raw in dep.urls:
+            url = absolute_url(raw, task.base)
+            if self.offline and url.startswith(NETWORK_SCHEMES):
+                reasons.append(f"{url}: skipped, --offline")
+                continue
+            self.events.started(dep, url)
+            try:
+                result = fetch(url, cache, None, fetchers=self.fetchers,
+                               progress=lambda done, total: self.events.progress(dep, done, total))
+            except TreeseedError as exc:
+                why = str(exc)
+                reasons.append(why if why.startswith(url) else f"{url}: {why}")
+                self.events.failed_url(dep, url, why)
+                continue
+            return Resolved(dep.name, result.hash, result.path, url, result.cached,
+                            result.transferred, task.parent, dep.lazy)
         raise _AllUrlsFailed(reasons)
 
     def _describe(self, task: Request, reasons: list[str]) -> str:

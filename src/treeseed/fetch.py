@@ -25,7 +25,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .cache import Cache
 from .errors import FetchError, HashMismatch, ManifestError, TreeseedError
@@ -37,6 +37,9 @@ from .package import Entry, apply_rules, prune_tree, scan_tree
 from .rules import Rules, rules_for
 from .sources import ProgressFn
 from .unpack import Limits, Unpacked, unpack_archive
+
+if TYPE_CHECKING:
+    import threading
 
 
 @dataclass
@@ -73,13 +76,15 @@ def fetch(
     progress: ProgressFn | None = None,
     check_source: bool = False,
     fetchers: dict[str, str] | None = None,
+    cancel: "threading.Event | None" = None,
 ) -> FetchResult:
     """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
 
     ``check_source`` makes the source deliver in full even when its package is cached: for
     proving that a mirror really serves that package (a cache hit, or a digest a server
     states, proves nothing about the bytes it sends). ``fetchers`` maps URL schemes to
-    configured fetcher commands (see :mod:`treeseed.fetchers`).
+    configured fetcher commands (see :mod:`treeseed.fetchers`). Setting ``cancel`` from
+    another thread stops the fetch (:func:`treeseed.swarm.fetch.race`).
     """
     if expected is not None and not is_bt2(expected):
         raise TreeseedError(f"--hash {expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
@@ -91,17 +96,19 @@ def fetch(
             return _cached(cache, expected, url, formats)
         with cache.workdir() as work:
             return _fetch_into(url, cache, work, expected, formats, limits or Limits.from_env(),
-                               progress, stop_early=not check_source, fetchers=fetchers)
+                               progress, stop_early=not check_source, fetchers=fetchers,
+                               cancel=cancel)
 
 
 def _fetch_into(
     url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
     limits: Limits, progress: ProgressFn | None, stop_early: bool, fetchers: dict[str, str] | None,
+    cancel: "threading.Event | None" = None,
 ) -> FetchResult:
     """Run the URL's fetcher program in ``work``; stop it the moment it announces a hash of a
     package the cache already has; otherwise verify and install what it delivers."""
     fetcher = fetcher_for(url, formats, limits.max_bytes, fetchers)
-    run = FetcherRun(fetcher, work, url, fetch_timeout(), progress)
+    run = FetcherRun(fetcher, work, url, fetch_timeout(), progress, cancel=cancel)
     try:
         for fmt, value in run.announcements():
             known = cache.resolve(fmt, value) if stop_early else None
@@ -134,6 +141,9 @@ def _install_delivery(
         transferred, revision, canonical = result["transferred"], result["revision"], result["source"]
     else:  # anyone else's tree is trimmed and hashed here before it can enter the cache
         package = finish_tree(adopt_tree(tree, url), url)
+        from .swarm.torrents import write as write_swarm_files
+
+        write_swarm_files(work, package.hash, package.entries, package.digests, url)
         claimed = announced.get("bt2")
         if claimed and claimed != package.hash:
             raise FetchError(f"{url}: the fetcher announced {claimed} but delivered a tree that "
@@ -147,6 +157,9 @@ def _install_delivery(
     if expected is not None and package_hash != expected:
         raise HashMismatch(url, expected, package_hash)
     created = cache.install(tree, package_hash)
+    from .swarm.torrents import adopt as adopt_swarm_files
+
+    adopt_swarm_files(cache, work, package_hash)  # the .torrent and block hashes, if written
     cache.record(package_hash, size, files, canonical, name, version, private)
     cache.add_aliases(package_hash, announced)
     return FetchResult(package_hash, cache.path(package_hash), files, size, url, not created,

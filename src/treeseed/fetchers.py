@@ -27,9 +27,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .errors import FetchError
+
+if TYPE_CHECKING:
+    import threading
 
 FIFO_NAME = "hashes"
 GRACE_SECONDS = 2.0
@@ -96,6 +99,8 @@ class FetcherRun:
     timeout: float = DEFAULT_TIMEOUT
     progress: Callable[[int, int | None], None] | None = None
     announced: dict[str, str] = field(default_factory=dict)
+    #: Set by another thread to stop the fetcher (the swarm won the race for this package).
+    cancel: "threading.Event | None" = None
 
     def __post_init__(self) -> None:
         fifo = self.work / FIFO_NAME
@@ -139,6 +144,10 @@ class FetcherRun:
                 if out_fd is not None:
                     self._read_stdout(out_fd)
                 return
+            if self.cancel is not None and self.cancel.is_set():
+                self.stop()
+                raise FetcherError(f"{self.source}: fetch cancelled (the package arrived "
+                                   "from elsewhere first)")
             if time.monotonic() > self._deadline:
                 self.stop()
                 raise FetcherError(f"{self.source}: the fetcher did not finish within "

@@ -9,17 +9,30 @@ build depends on changes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .build import (BUILD_SCRIPT, configure_and_fetch, declared, list_build, run_steps,
-                    select_steps)
+from .build import (
+    BUILD_SCRIPT,
+    configure_and_fetch,
+    declared,
+    list_build,
+    run_steps,
+    select_steps,
+)
 from .cache import Cache
 from .deps import Resolver, find_package
 from .manifest import MANIFEST_NAME, Manifest
 from .manifest import load as load_manifest
 from .manifest import loads as loads_manifest
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 @dataclass
@@ -32,6 +45,7 @@ class BuildRequest:
     jobs: int = 2
     offline: bool = False
     quiet: bool = False
+    settings: Settings | None = None  # the user's settings, with --torrent applied
 
 
 def run(cache: Cache, request: BuildRequest, package_dir: Path | None = None) -> int:
@@ -43,6 +57,10 @@ def run(cache: Cache, request: BuildRequest, package_dir: Path | None = None) ->
         build_once(root, cache, request)
         return 0
     from .watch import watch
+
+    if request.settings is not None and request.settings.torrent:
+        with _seeding_while_watching(cache, request):
+            return watch(root, lambda: build_once(root, cache, request, in_watch=True), request.quiet)
 
     return watch(root, lambda: build_once(root, cache, request, in_watch=True), request.quiet)
 
@@ -56,6 +74,7 @@ def build_once(root: Path, cache: Cache, request: BuildRequest, in_watch: bool =
         from .config import fetchers
 
         resolver = Resolver(cache, offline=request.offline, jobs=min(request.jobs, 8), events=events,
+                            settings=request.settings,
                             fetchers=fetchers(manifest.fetchers))
         if manifest.build is not None:
             from .build_command import run_command_build
@@ -117,4 +136,33 @@ def _package_root(start: Path) -> Path:
 def _manifest(root: Path) -> Manifest:
     path = root / MANIFEST_NAME
     return load_manifest(path) if path.is_file() else loads_manifest("", str(path))
+
+
+@contextlib.contextmanager
+def _seeding_while_watching(cache: Cache, request: BuildRequest) -> Iterator[None]:
+    """A watching build with torrenting on seeds while it watches: it runs this cache's seeder
+    in a thread unless one already runs (then that one serves this build too)."""
+    from .swarm.seeder import Seeder, SeederBusy, SeederClient
+
+    client = SeederClient.connect(cache)
+    if client is not None:
+        client.close()
+        yield
+        return
+    assert request.settings is not None
+    log = None if request.quiet else (lambda line: print(f"treeseed: {line}", file=sys.stderr))
+    seeder = Seeder(cache, request.settings, log=log)
+    try:
+        seeder.start()
+    except SeederBusy:  # another process won the race to start one: use it
+        yield
+        return
+    thread = threading.Thread(target=seeder.loop, name="treeseed-seeder", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        seeder.stop()
+        thread.join(timeout=30)
+        seeder.shutdown()
 

@@ -1,0 +1,112 @@
+"""Where a package whose hash is known can be had, and in which order.
+
+1. the cache;
+2. the ``mirrors`` setting: content-addressed mirrors (``treeseed serve``), asked by hash
+   (``<mirror>/<hash>.tar``), so a package whose upstream vanished is still found;
+3. the origin URLs the manifest lists, in order;
+4. with torrenting on, the swarm: started first, with a short head start over 2 and 3, and
+   raced against them (:func:`treeseed.swarm.fetch.race`). Private packages never touch it.
+
+Every candidate is fetched with the expected hash, so whichever answers, only the right tree
+is installed. When all fail, the error lists each candidate with its reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .cache import Cache
+from .deps import NETWORK_SCHEMES
+from .errors import FetchError, TreeseedError
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .fetch import FetchResult
+
+
+
+class AllSourcesFailed(FetchError):
+    """No mirror, origin URL or swarm delivered the package; ``reasons`` says why for each."""
+
+    def __init__(self, package: str, reasons: list[str]) -> None:
+        self.reasons = reasons
+        lines = "\n".join(f"  - {r}" for r in reasons) or "  - no mirror, URL or swarm to ask"
+        super().__init__(f"{package} could not be fetched from any source:\n{lines}")
+
+
+def mirror_urls(mirrors: Sequence[str], package_hash: str) -> list[str]:
+    """Each mirror's URL for a package: ``<mirror>/<bt2 hash>.tar`` (see docs/serve.md)."""
+    return [f"{m.rstrip('/')}/{package_hash}.tar" for m in mirrors]
+
+
+def obtain(
+    cache: Cache,
+    package_hash: str,
+    urls: Sequence[str],
+    settings: Settings,
+    name: str | None = None,
+    offline: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
+    fetchers: dict[str, str] | None = None,
+    on_url: Callable[[str], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> FetchResult:
+    """Fetch the package ``package_hash`` from wherever it can be had (module docstring)."""
+    from .fetch import _cached
+
+    if cache.has(package_hash):
+        return _cached(cache, package_hash, "cache", ())
+    candidates = [u for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
+                  if not (offline and u.startswith(NETWORK_SCHEMES))]
+    skipped = [f"{u}: skipped, --offline" for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
+               if offline and u.startswith(NETWORK_SCHEMES)]
+
+    def from_urls(cancel: threading.Event | None) -> FetchResult:
+        from .fetch import fetch
+
+        reasons = list(skipped)
+        for url in candidates:
+            if cancel is not None and cancel.is_set():
+                break
+            if on_url is not None:
+                on_url(url)
+            try:
+                return fetch(url, cache, package_hash, fetchers=fetchers, progress=progress,
+                             cancel=cancel)
+            except TreeseedError as exc:
+                why = str(exc)
+                reasons.append(why if why.startswith(url) else f"{url}: {why}")
+                if on_failure is not None:
+                    on_failure(url, why)
+        raise AllSourcesFailed(package_hash, reasons)
+
+    if not (settings.torrent and not offline and not settings.is_private(package_hash, name)):
+        return from_urls(None)
+    from .swarm.fetch import BothFailed, from_swarm, head_start, race
+
+    def from_the_swarm(cancel: threading.Event | None) -> FetchResult:
+        if on_url is not None:
+            on_url(f"swarm:{package_hash}")
+        try:
+            return from_swarm(cache, package_hash, settings, progress, cancel)
+        except TreeseedError as exc:
+            raise AllSourcesFailed(package_hash, [f"swarm: {exc}"]) from None
+
+    if not candidates:
+        return from_the_swarm(None)
+    try:
+        return race(from_the_swarm, from_urls, head_start())
+    except BothFailed as both:
+        reasons = [r for e in (both.origin_error, both.swarm_error)
+                   for r in getattr(e, "reasons", [str(e)])]
+        raise AllSourcesFailed(package_hash, reasons) from None
+
+
+def announce_new(cache: Cache, result: FetchResult, settings: Settings) -> None:
+    """With torrenting on, tell this cache's running seeder about a package just installed."""
+    if settings.torrent and not result.cached:
+        from .swarm.seeder import notify_added
+
+        notify_added(cache, result.hash)

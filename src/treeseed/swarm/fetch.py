@@ -1,0 +1,146 @@
+"""Fetching a package from the swarm knowing only its hash, and racing the swarm against URLs.
+
+:func:`from_swarm` is the whole swarm path: ask this cache's running seeder to fetch (it
+already has a session, peers and a warm DHT), or, with no seeder, open a short-lived session
+of our own. Either way the tree is rebuilt from the verified info dict, hashed again as a
+package, and only a tree that hashes to the requested hash is renamed into the cache.
+
+:func:`race` is what a fetch with torrenting on does for a package it lacks: the swarm starts
+first; after a short head start the mirrors and origin URLs start too; whichever completes
+first wins and the other is cancelled. A stalled or poisoned swarm simply loses.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, TypeVar
+
+from ..cache import Cache
+from ..errors import FetchError, TreeseedError
+from ..fetch import FetchResult
+from ..ids import is_bt2
+
+if TYPE_CHECKING:  # libtorrent is imported only when a session starts
+    from ..config import Settings
+    from .session import Swarm
+
+#: Seconds the swarm runs alone before the origin starts (``TREESEED_SWARM_HEAD_START``).
+HEAD_START = 2.0
+T = TypeVar("T")
+
+
+def head_start() -> float:
+    raw = os.environ.get("TREESEED_SWARM_HEAD_START")
+    try:
+        return float(raw) if raw else HEAD_START
+    except ValueError:
+        raise TreeseedError(f"TREESEED_SWARM_HEAD_START={raw!r} is not a number of seconds") from None
+
+
+def stall_timeout() -> float:
+    """Seconds without progress before a swarm download gives up (``TREESEED_SWARM_STALL``)."""
+    from .session import DEFAULT_STALL
+
+    raw = os.environ.get("TREESEED_SWARM_STALL")
+    try:
+        return float(raw) if raw else DEFAULT_STALL
+    except ValueError:
+        raise TreeseedError(f"TREESEED_SWARM_STALL={raw!r} is not a number of seconds") from None
+
+
+def from_swarm(cache: Cache, package_hash: str, settings: Settings,
+               progress: Callable[[int, int | None], None] | None = None,
+               cancel: threading.Event | None = None) -> FetchResult:
+    """Fetch ``package_hash`` from the swarm into ``cache`` (through the running seeder if
+    there is one). Private packages are never looked up: a lookup alone leaks interest."""
+    if not is_bt2(package_hash):
+        raise TreeseedError(f"{package_hash!r} is not a treeseed hash (bt2- and 64 hex digits)")
+    if settings.is_private(package_hash):
+        raise FetchError(f"{package_hash} is private (the 'private' setting): it is never looked "
+                         "up in the swarm")
+    if cache.has(package_hash):
+        from ..fetch import _cached
+
+        return _cached(cache, package_hash, "swarm", ())
+    from .seeder import SeederClient
+
+    client = SeederClient.connect(cache)
+    if client is not None:
+        with client:
+            return client.fetch(package_hash, progress, cancel)
+    from .session import Swarm
+
+    swarm = Swarm(settings.with_overrides())
+    try:
+        swarm.start_announcing()  # a fetching session has something to look for: no delay
+        return download_and_install(swarm, cache, package_hash, progress, cancel)
+    finally:
+        swarm.close()
+
+
+def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
+                         progress: Callable[[int, int | None], None] | None = None,
+                         cancel: threading.Event | None = None) -> FetchResult:
+    """Download into a work directory, re-verify the whole tree, install by rename, and keep
+    the .torrent and block hashes so the package can be seeded at once."""
+    from ..fetch import adopt_tree, finish_tree
+    from . import torrents
+    from .session import Progress
+
+    def report(p: Progress) -> None:
+        if progress is not None:
+            progress(p.done, p.total)
+
+    with cache.workdir() as work:
+        root = swarm.download(package_hash, work, report, cancel, stall_timeout())
+        source = f"swarm:{package_hash}"
+        package = finish_tree(adopt_tree(root, source), source)
+        if package.hash != package_hash:
+            raise FetchError(f"the swarm delivered a tree that hashes to {package.hash}, not "
+                             f"{package_hash}; nothing was cached")
+        torrents.write(work, package_hash, package.entries, package.digests, source)
+        manifest = package.rules.manifest
+        created = cache.install(package.root, package_hash)
+        torrents.adopt(cache, work, package_hash)
+    cache.record(package_hash, package.size, len(package.entries), None,
+                 manifest.name if manifest else None, manifest.version if manifest else None,
+                 bool(manifest and manifest.private))
+    return FetchResult(package_hash, cache.path(package_hash), len(package.entries), package.size,
+                       "swarm", not created, {"bt2": package_hash}, package.size)
+
+
+class BothFailed(TreeseedError):
+    def __init__(self, swarm_error: BaseException | None, origin_error: BaseException | None) -> None:
+        self.swarm_error = swarm_error
+        self.origin_error = origin_error
+        super().__init__(f"{origin_error} (the swarm failed too: {swarm_error})")
+
+
+def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[threading.Event], T],
+         delay: float) -> T:
+    """Run ``swarm_fetch`` at once and ``origin_fetch`` after ``delay`` seconds unless the
+    swarm has finished by then; return the first success, cancel the other. When both fail,
+    :class:`BothFailed` carries both errors."""
+    cancel_swarm, cancel_origin = threading.Event(), threading.Event()
+    pool = ThreadPoolExecutor(2, thread_name_prefix="treeseed-race")
+    try:
+        swarm_job = pool.submit(swarm_fetch, cancel_swarm)
+        done, _ = wait([swarm_job], timeout=delay)
+        if swarm_job in done and swarm_job.exception() is None:
+            return swarm_job.result()
+        origin_job = pool.submit(origin_fetch, cancel_origin)
+        pending = {swarm_job, origin_job} - done
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for job in finished:
+                if job.exception() is None:
+                    (cancel_origin if job is swarm_job else cancel_swarm).set()
+                    return job.result()
+        raise BothFailed(swarm_job.exception(), origin_job.exception())
+    finally:
+        cancel_swarm.set()
+        cancel_origin.set()
+        pool.shutdown(wait=True)

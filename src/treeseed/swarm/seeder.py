@@ -1,0 +1,565 @@
+"""The long-running seeder: one per cache, shared by every treeseed process on the machine.
+
+It seeds every public package in the cache (new ones are picked up as they arrive), keeps
+libtorrent's resume data and the upload statistics on disk so a restart resumes instead of
+resetting, and fetches from the swarm on behalf of other treeseed processes, so several
+``treeseed build --watch`` share one session, one DHT node and one listen port.
+
+Files under ``<cache>/seed/``::
+
+    seeder.lock        flock held by the running seeder: at most one per cache
+    seeder.sock        its local socket (JSON lines; see :class:`SeederClient`)
+    seeder.json        pid, socket, status page URL, listen port (for `treeseed seed status`)
+    resume/<hash>      libtorrent's resume data per package (pieces, merkle trees, totals)
+    stats.sqlite       uploads per package (:mod:`.stats`)
+    seeder.log         output of a --detach'ed seeder
+
+Started with nothing to fetch, the seeder waits ``seed_delay`` seconds before it announces
+(DHT, LSD, trackers), so processes started and killed in quick succession never churn the DHT;
+a fetch request ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..cache import Cache
+from ..errors import FetchError, TreeseedError
+from ..fetch import FetchResult
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .session import Swarm
+
+#: How often the seeder looks for new packages, records statistics and saves state.
+SCAN_INTERVAL = 1.0
+SAVE_INTERVAL = 60.0
+_SOCKET_MAX = 100  # AF_UNIX paths are limited to 108 bytes
+
+
+def seed_dir(cache: Cache) -> Path:
+    return cache.root / "seed"
+
+
+def socket_path(cache: Cache) -> Path:
+    """``seed/seeder.sock``, or, when that path is too long for AF_UNIX, a name in the user's
+    runtime directory derived from the cache path."""
+    path = seed_dir(cache) / "seeder.sock"
+    if len(os.fsencode(path)) <= _SOCKET_MAX:
+        return path
+    import hashlib
+
+    import platformdirs
+
+    digest = hashlib.sha256(os.fsencode(cache.root.resolve())).hexdigest()[:16]
+    return Path(platformdirs.user_runtime_dir("treeseed", appauthor=False)) / f"seeder-{digest}.sock"
+
+
+class SeederBusy(TreeseedError):
+    """Another seeder already runs for this cache."""
+
+
+class Seeder:
+    """Seeds a cache until :meth:`stop`; answers other processes on a local socket."""
+
+    def __init__(self, cache: Cache, settings: Settings, status_bind: str = "127.0.0.1:0",
+                 log: Callable[[str], None] | None = None) -> None:
+        self.cache = cache
+        self.settings = settings
+        self.status_bind = status_bind
+        self.log = log or (lambda line: None)
+        self.dir = seed_dir(cache)
+        self.stopping = threading.Event()
+        self.started = threading.Event()
+        self.fetching = 0
+        self.swarm: Swarm | None = None
+        self.stats = None
+        self.status_url: str | None = None
+        self._lock_fd: int | None = None
+        self._server: socketserver.UnixStreamServer | None = None
+        self._peers_seen: dict[str, set[str]] = {}
+        self._uploaded: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._skipped: set[str] = set()
+        self._served: dict[str, set[str]] = {}  # peers that received blocks since the last tally
+        self.start_time = time.time()
+
+    # ------------------------------------------------------------------ lifetime
+
+    def run(self) -> None:
+        """Seed until stopped (SIGINT/SIGTERM in the foreground, `treeseed seed stop`)."""
+        self.start()
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+
+    def start(self) -> None:
+        from .session import Swarm
+        from .stats import Stats
+
+        self._take_lock()
+        try:
+            self.stats = Stats(self.dir)
+            self.swarm = Swarm(self.settings, alert_queue=1 << 17)
+            self.scan()
+            self._serve_socket()
+            self._serve_status()
+            self._write_info()
+        except BaseException:
+            self.shutdown()
+            raise
+        self.started.set()
+        self.log(f"seeding {len(self.swarm.seeding)} packages from {self.cache.root}; listening on "
+                 f"port {self.swarm.listen_port()}; status page {self.status_url}")
+
+    def loop(self) -> None:
+        last_save = time.monotonic()
+        while not self.stopping.wait(SCAN_INTERVAL):
+            self._maybe_announce()
+            self.scan()
+            self.record_stats()
+            self._handle_alerts()
+            if time.monotonic() - last_save > SAVE_INTERVAL:
+                self.save_state()
+                last_save = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        """Save state, close the socket and the session, release the lock."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            socket_path(self.cache).unlink(missing_ok=True)
+            self._server = None
+        if getattr(self, "_status_server", None) is not None:
+            self._status_server.shutdown()
+            self._status_server.server_close()
+            self._status_server = None
+        if self.swarm is not None:
+            with contextlib.suppress(Exception):
+                self.record_stats()
+                self.save_state()
+            self.swarm.close()
+            self.swarm = None
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
+        (self.dir / "seeder.json").unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_lock(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "seeder.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = read_info(self.cache)
+            pid = f" (pid {info['pid']})" if info else ""
+            raise SeederBusy(f"a seeder already runs for the cache {self.cache.root}{pid}; "
+                             "'treeseed seed status' shows it, 'treeseed seed stop' stops it") from None
+        self._lock_fd = fd
+
+    def _write_info(self) -> None:
+        assert self.swarm is not None
+        info = {"pid": os.getpid(), "socket": str(socket_path(self.cache)),
+                "status_url": self.status_url, "listen_port": self.swarm.listen_port(),
+                "cache": str(self.cache.root), "started": self.start_time}
+        tmp = self.dir / f".seeder.json.{os.getpid()}"
+        tmp.write_text(json.dumps(info), encoding="utf-8")
+        os.replace(tmp, self.dir / "seeder.json")
+
+    # ------------------------------------------------------------------ seeding
+
+    def scan(self) -> None:
+        """Seed packages that arrived, drop ones that left; private packages are skipped."""
+        assert self.swarm is not None
+        on_disk = set(self.cache._package_dirs())
+        for gone in set(self.swarm.seeding) - on_disk:
+            self.swarm.unseed(gone)
+        for package_hash in sorted(on_disk - set(self.swarm.seeding) - self._skipped):
+            self.add(package_hash)
+
+    def add(self, package_hash: str) -> bool:
+        assert self.swarm is not None
+        if self.cache.is_private(package_hash, self.settings.private):
+            self._skipped.add(package_hash)
+            return False
+        try:
+            self.swarm.seed(self.cache, package_hash, self._saved_resume(package_hash))
+        except (TreeseedError, OSError, RuntimeError) as exc:
+            self._skipped.add(package_hash)
+            self.log(f"not seeding {package_hash}: {exc}")
+            return False
+        return True
+
+    def _saved_resume(self, package_hash: str) -> bytes | None:
+        try:
+            return (self.dir / "resume" / package_hash).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _maybe_announce(self) -> None:
+        assert self.swarm is not None
+        if not self.swarm.announcing and (self.fetching or
+                                          time.time() - self.start_time >= self.settings.seed_delay):
+            self.swarm.start_announcing()
+            self.log("announcing to the swarm")
+
+    def save_state(self) -> None:
+        """Ask libtorrent for each package's resume data and write it under ``resume/``."""
+        assert self.swarm is not None
+        with self.swarm.lock:
+            handles = dict(self.swarm.seeding)
+        for handle in handles.values():
+            handle.save_resume_data()
+        deadline = time.monotonic() + 10
+        waiting = set(handles)
+        while waiting and time.monotonic() < deadline:
+            waiting -= self._handle_alerts()
+            if waiting:
+                time.sleep(0.05)
+
+    def _handle_alerts(self) -> set[str]:
+        """Write saved resume data; return the packages it was written for."""
+        import libtorrent as lt
+
+        assert self.swarm is not None
+        saved = set()
+        for alert in self.swarm.session.pop_alerts():
+            if isinstance(alert, lt.block_uploaded_alert):
+                key = "bt2-" + str(alert.handle.info_hashes().v2)
+                self._served.setdefault(key, set()).add(_peer_key_of(alert.pid, alert.endpoint))
+            elif isinstance(alert, lt.save_resume_data_alert):
+                package_hash = "bt2-" + str(alert.handle.info_hashes().v2)
+                resume_dir = self.dir / "resume"
+                resume_dir.mkdir(parents=True, exist_ok=True)
+                tmp = resume_dir / f".{package_hash}.tmp"
+                tmp.write_bytes(lt.write_resume_data_buf(alert.params))
+                os.replace(tmp, resume_dir / package_hash)
+                saved.add(package_hash)
+        return saved
+
+    def record_stats(self) -> None:
+        """Fold libtorrent's all-time upload totals and the peers served into the store."""
+        assert self.swarm is not None and self.stats is not None
+        with self.swarm.lock:
+            handles = dict(self.swarm.seeding)
+        self._handle_alerts()
+        for package_hash, handle in handles.items():
+            uploaded = handle.status().all_time_upload
+            peers = self._served.pop(package_hash, set())
+            for peer in handle.get_peer_info():
+                if peer.total_upload > 0:
+                    peers.add(_peer_key_of(peer.pid, peer.ip))
+            new_peers = peers - self._peers_seen.setdefault(package_hash, set())
+            if uploaded != self._uploaded.get(package_hash) or new_peers:
+                self.stats.record(package_hash, uploaded, new_peers)
+                self._uploaded[package_hash] = uploaded
+                self._peers_seen[package_hash] |= new_peers
+
+    # ------------------------------------------------------------------ serving other processes
+
+    def fetch(self, package_hash: str, progress: Callable[[int, int | None], None],
+              cancel: threading.Event) -> FetchResult:
+        """Download a package for another process with our session, then seed it."""
+        from .fetch import download_and_install
+
+        assert self.swarm is not None
+        if self.settings.is_private(package_hash):
+            raise FetchError(f"{package_hash} is private (the 'private' setting): it is never "
+                             "looked up in the swarm")
+        self.fetching += 1
+        try:
+            self._maybe_announce()
+            cache = Cache(self.cache.root)
+            try:
+                result = download_and_install(self.swarm, cache, package_hash, progress, cancel)
+            finally:
+                cache.close()
+        finally:
+            self.fetching -= 1
+        self.add(package_hash)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """Everything the status page and `treeseed seed status` show."""
+        assert self.swarm is not None and self.stats is not None
+        session = self.swarm.session.status()
+        with self.swarm.lock:
+            handles = dict(self.swarm.seeding)
+        stats = {s.hash: s for s in self.stats.all()}
+        packages = []
+        size_total = 0
+        for package_hash, handle in sorted(handles.items()):
+            st = handle.status()
+            info = self.cache.info(package_hash)
+            size = info.size if info else st.total_wanted
+            size_total += size
+            s = stats.get(package_hash)
+            packages.append({
+                "hash": package_hash, "name": info.name if info else None, "size": size,
+                "peers": st.num_peers, "upload_rate": st.upload_rate,
+                "uploaded": s.uploaded if s else 0, "peers_served": s.peers if s else 0,
+                "last_served": s.last_served if s else None,
+                "copies": (s.uploaded / size) if s and size else 0.0,
+            })
+        packages.sort(key=lambda p: (-p["uploaded"], p["hash"]))
+        return {
+            "pid": os.getpid(), "cache": str(self.cache.root), "started": self.start_time,
+            "listen_port": self.swarm.listen_port(), "announcing": self.swarm.announcing,
+            "dht_nodes": session.dht_nodes, "peers": session.num_peers,
+            "upload_rate": session.upload_rate, "download_rate": session.download_rate,
+            "packages": packages, "seeding": len(packages), "cache_bytes": size_total,
+            "skipped_private": len([h for h in self._skipped
+                                    if self.cache.is_private(h, self.settings.private)]),
+        }
+
+    def _serve_socket(self) -> None:
+        path = socket_path(self.cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # we hold the lock: any socket file left is a dead one's
+        seeder = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(1 << 16)
+                try:
+                    request = json.loads(line)
+                except ValueError:
+                    return self._send({"error": "requests are one JSON object per line"})
+                self._send(seeder._answer(request, self._send, self.connection))
+
+            def _send(self, message: dict) -> None:
+                self.wfile.write(json.dumps(message).encode() + b"\n")
+                self.wfile.flush()
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        self._server = Server(str(path), Handler)
+        os.chmod(path, 0o600)
+        thread = threading.Thread(target=self._server.serve_forever, name="treeseed-seeder-socket",
+                                  daemon=True)
+        thread.start()
+
+    def _answer(self, request: dict, send: Callable[[dict], None], conn: socket.socket) -> dict:
+        op = request.get("op")
+        if op == "status":
+            return self.status()
+        if op == "stop":
+            self.stop()
+            return {"ok": True}
+        if op == "added":
+            package_hash = str(request.get("hash"))
+            return {"ok": self.cache.has(package_hash) and self.add(package_hash)}
+        if op == "fetch":
+            return self._answer_fetch(str(request.get("hash")), send, conn)
+        return {"error": f"unknown request {op!r}"}
+
+    def _answer_fetch(self, package_hash: str, send: Callable[[dict], None],
+                      conn: socket.socket) -> dict:
+        cancel = threading.Event()
+
+        def progress(done: int, total: int | None) -> None:
+            try:
+                send({"progress": done, "total": total})
+            except OSError:
+                cancel.set()  # the asking process went away: stop downloading for it
+
+        try:
+            result = self.fetch(package_hash, progress, cancel)
+        except TreeseedError as exc:
+            return {"error": str(exc)}
+        return {"ok": True, "hash": result.hash, "transferred": result.transferred}
+
+    def _serve_status(self) -> None:
+        from .status import serve_status
+
+        self._status_server, self.status_url = serve_status(self, self.status_bind)
+
+
+def _peer_key_of(pid: Any, endpoint: Any) -> str:
+    """A peer's identity for the distinct-peers count: its peer id (stable for a client's
+    session), else its address."""
+    raw = str(pid)
+    if raw and set(raw) != {"0"}:
+        return raw
+    host, port = endpoint
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def read_info(cache: Cache) -> dict | None:
+    try:
+        return json.loads((seed_dir(cache) / "seeder.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class SeederClient:
+    """A connection to this cache's running seeder, if there is one."""
+
+    def __init__(self, sock: socket.socket, cache: Cache) -> None:
+        self.sock = sock
+        self.cache = cache
+        self.file = sock.makefile("rwb")
+
+    @classmethod
+    def connect(cls, cache: Cache, timeout: float = 5.0) -> SeederClient | None:
+        path = socket_path(cache)
+        if not path.exists():
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            sock.close()
+            return None  # a socket file left by a seeder that died: nobody is listening
+        return cls(sock, cache)
+
+    def __enter__(self) -> SeederClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()
+
+    def request(self, message: dict, timeout: float | None = 30.0) -> Iterator[dict]:
+        self.sock.settimeout(timeout)
+        self.file.write(json.dumps(message).encode() + b"\n")
+        self.file.flush()
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise FetchError("the seeder closed the connection without answering; see "
+                                 "'treeseed seed status' and its log")
+            reply = json.loads(line)
+            yield reply
+            if "progress" not in reply:
+                return
+
+    def call(self, message: dict, timeout: float = 30.0) -> dict:
+        return list(self.request(message, timeout))[-1]
+
+    def fetch(self, package_hash: str, progress: Callable[[int, int | None], None] | None,
+              cancel: threading.Event | None) -> FetchResult:
+        """Have the seeder fetch the package; closing the connection (on cancel) stops it."""
+        from ..fetch import _cached
+
+        done = threading.Event()
+        if cancel is not None:
+            threading.Thread(target=self._close_on, args=(cancel, done), daemon=True).start()
+        try:
+            for reply in self.request({"op": "fetch", "hash": package_hash}, timeout=None):
+                if "progress" in reply and progress is not None:
+                    progress(reply["progress"], reply.get("total"))
+                elif "error" in reply:
+                    raise FetchError(reply["error"])
+        except (OSError, ValueError) as exc:
+            if cancel is not None and cancel.is_set():
+                raise FetchError(f"swarm download of {package_hash} cancelled") from None
+            raise FetchError(f"lost the seeder while it fetched {package_hash}: {exc}") from None
+        finally:
+            done.set()  # ends the watcher
+        result = _cached(self.cache, package_hash, "swarm", ())
+        result.source = "swarm"
+        return result
+
+    def _close_on(self, cancel: threading.Event, done: threading.Event) -> None:
+        """Closing our end is how a cancelled fetch tells the seeder to stop downloading."""
+        while not done.is_set():
+            if cancel.wait(0.1):
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                return
+
+
+def notify_added(cache: Cache, package_hash: str) -> None:
+    """Tell a running seeder about a package just installed, so it seeds it at once rather
+    than at its next scan. Silent when no seeder runs."""
+    client = SeederClient.connect(cache, timeout=2.0)
+    if client is None:
+        return
+    with client, contextlib.suppress(OSError, ValueError, FetchError):
+        client.call({"op": "added", "hash": package_hash}, timeout=5.0)
+
+
+def run_detached(cache: Cache, extra_args: list[str], timeout: float = 15.0) -> dict:
+    """Start ``treeseed seed`` in the background (its own session, output to seeder.log) and
+    wait until it answers on its socket."""
+    import subprocess
+
+    directory = seed_dir(cache)
+    directory.mkdir(parents=True, exist_ok=True)
+    log = open(directory / "seeder.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache.root),
+                             "seed", *extra_args], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True, close_fds=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (directory / "seeder.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise TreeseedError("the seeder exited at once: " + (" / ".join(tail) or f"status {proc.returncode}"))
+        client = SeederClient.connect(cache, timeout=2.0)
+        if client is not None:
+            with client:
+                return client.call({"op": "status"})
+        time.sleep(0.05)
+    proc.terminate()
+    raise TreeseedError(f"the seeder did not answer within {timeout:.0f} s; see {directory / 'seeder.log'}")
+
+
+def stop_running(cache: Cache, timeout: float = 15.0) -> int | None:
+    """Stop this cache's seeder; returns its pid, or None if none ran."""
+    info = read_info(cache)
+    client = SeederClient.connect(cache)
+    if client is None:
+        return None
+    with client:
+        client.call({"op": "stop"})
+    pid = info.get("pid") if info else None
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def install_signal_handlers(seeder: Seeder) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: seeder.stop())

@@ -1,0 +1,350 @@
+"""One libtorrent session, configured from the user's settings, that seeds and downloads packages.
+
+A package's bt2 hash is its BitTorrent v2 info-hash, so the swarm address of any package is
+``magnet:?xt=urn:btmh:1220<hex>``: nothing but the hash is needed to find it.
+
+Seeding loads the resume data of :mod:`treeseed.swarm.torrents` (every piece present, full
+merkle trees), so adding a package costs no hashing; the package is served straight from
+``p/<hash>/`` in upload mode, so the session can never write into the cache.
+
+Downloading goes to a work directory. libtorrent checks every 16 KiB block against the merkle
+tree, and :func:`download` then rebuilds the tree the info dict describes (libtorrent puts a
+one-file torrent beside its directory instead of in it, and makes dangling symlinks into
+self-links) and hashes it once more as a package: only a tree that hashes to the magnet's
+hash is ever handed to the cache.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import FetchError
+from ..hashing.bt2 import magnet
+from ..ids import hex_of
+
+if TYPE_CHECKING:
+    import libtorrent as lt
+
+    from ..cache import Cache
+    from ..config import Settings
+
+#: After this long without a byte of progress, a swarm download gives up (the origin is tried).
+DEFAULT_STALL = 20.0
+_POLL = 0.1
+
+
+def _lt():  # imported on first use: most treeseed commands never touch the swarm
+    import libtorrent
+
+    return libtorrent
+
+
+def session_settings(settings: Settings) -> dict:
+    """The libtorrent settings pack for ``settings``.
+
+    Loopback and private-network bootstrap nodes mean a LAN or test DHT: libtorrent's
+    protections against routing-table poisoning (one node per IP, verified node ids) would keep
+    such a DHT from ever forming, so they are relaxed only then. On loopback uTP is off
+    (its congestion control only slows a link that has none) and several peers per IP are
+    allowed (every peer on 127.0.0.1 shares the address).
+    """
+    lt = _lt()
+    alerts = lt.alert.category_t
+    local_dht = bool(settings.dht_bootstrap) and all(_is_local(n) for n in settings.dht_bootstrap)
+    loopback = _is_loopback(settings.listen)
+    pack = {
+        "listen_interfaces": settings.listen,
+        "enable_dht": settings.dht,
+        "dht_bootstrap_nodes": ",".join(settings.dht_bootstrap),
+        "enable_lsd": settings.lsd,
+        "enable_upnp": settings.upnp,
+        "enable_natpmp": settings.upnp,
+        "upload_rate_limit": settings.upload_limit,
+        "download_rate_limit": settings.download_limit,
+        "user_agent": "treeseed/" + _version(),
+        "peer_fingerprint": "-TS0100-",
+        "alert_mask": alerts.status_notification | alerts.error_notification
+        | alerts.storage_notification | alerts.peer_notification,
+        "hashing_threads": max(2, os.cpu_count() or 2),
+        "send_buffer_watermark": 4 << 20,
+        "max_queued_disk_bytes": 16 << 20,
+        "allow_multiple_connections_per_ip": True,
+        "enable_incoming_utp": not loopback,
+        "enable_outgoing_utp": not loopback,
+    }
+    if local_dht:
+        pack.update({"dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
+                     "dht_prefer_verified_node_ids": False})
+    return pack
+
+
+def _host(addr: str) -> str:
+    host = addr.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def _is_local(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(_host(addr))
+    except ValueError:
+        return _host(addr) == "localhost"
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(_host(addr)).is_loopback
+    except ValueError:
+        return _host(addr) == "localhost"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def parse_peer(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return (host[1:-1] if host.startswith("[") else host), int(port)
+
+
+@dataclass
+class Progress:
+    """What a running swarm download has done so far."""
+
+    done: int = 0
+    total: int | None = None
+    peers: int = 0
+    state: str = "finding peers"
+
+
+class Swarm:
+    """A libtorrent session plus the packages it seeds. Thread-safe for the calls below."""
+
+    def __init__(self, settings: Settings, alert_queue: int | None = None) -> None:
+        """``alert_queue``: a seeder counts the peers it serves from per-block upload alerts,
+        so it needs a deep alert queue; a short-lived fetching session does not."""
+        lt = _lt()
+        self.settings = settings
+        pack = session_settings(settings)
+        if alert_queue:
+            pack["alert_queue_size"] = alert_queue
+            pack["alert_mask"] |= lt.alert.category_t.upload_notification
+        self.session = lt.session(pack)
+        self.lock = threading.RLock()
+        self.seeding: dict[str, lt.torrent_handle] = {}
+        self._announced = False
+
+    # ------------------------------------------------------------------ seeding
+
+    def seed(self, cache: Cache, package_hash: str, resume: bytes | None = None) -> lt.torrent_handle:
+        """Seed a cached package without hashing it: ``resume`` is libtorrent's own saved state
+        for it if the seeder kept one, else resume data built from the cache's swarm files."""
+        from . import torrents
+
+        lt = _lt()
+        with self.lock:
+            if package_hash in self.seeding:
+                return self.seeding[package_hash]
+            data = torrents.torrent_file(cache, package_hash)
+            ti = lt.torrent_info(data)
+            if resume is None:
+                roots = [_root_or_none(ti.files().root(i)) for i in range(ti.files().num_files())]
+                resume = torrents.resume_data(cache, package_hash, cache.packages_dir, roots)
+            atp = lt.read_resume_data(resume)
+            atp.ti = ti
+            atp.save_path = str(cache.packages_dir)
+            atp.renamed_files = _renamed_into(ti, package_hash)
+            atp.flags = (lt.torrent_flags.upload_mode | lt.torrent_flags.no_verify_files)
+            if not self._announced:
+                atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+            atp.trackers = list(self.settings.trackers) if self._announced else []
+            atp.url_seeds = web_seeds(self.settings.mirrors, package_hash)
+            handle = self.session.add_torrent(atp)
+            self.seeding[package_hash] = handle
+            self._connect_static_peers(handle)
+            return handle
+
+    def unseed(self, package_hash: str) -> None:
+        with self.lock:
+            handle = self.seeding.pop(package_hash, None)
+            if handle is not None:
+                self.session.remove_torrent(handle)
+
+    def start_announcing(self) -> None:
+        """Join the DHT, LSD and trackers for every seeded package (after the seed delay)."""
+        lt = _lt()
+        with self.lock:
+            self._announced = True
+            for handle in self.seeding.values():
+                handle.unset_flags(lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd)
+                for url in self.settings.trackers:
+                    handle.add_tracker({"url": url})
+                handle.force_reannounce()
+                if self.settings.dht:
+                    handle.force_dht_announce()
+
+    @property
+    def announcing(self) -> bool:
+        return self._announced
+
+    def _connect_static_peers(self, handle: lt.torrent_handle) -> None:
+        for peer in self.settings.peers:
+            try:
+                handle.connect_peer(parse_peer(peer))
+            except RuntimeError:
+                pass  # a bad address is reported by the config check; an offline peer is normal
+
+    # ------------------------------------------------------------------ downloading
+
+    def download(self, package_hash: str, work: Path, progress: Callable[[Progress], None] | None = None,
+                 cancel: threading.Event | None = None, stall: float = DEFAULT_STALL,
+                 extra_peers: Iterable[str] = ()) -> Path:
+        """Download package ``package_hash`` from the swarm into ``work``; return the root of the
+        rebuilt tree (not yet re-hashed: :func:`treeseed.swarm.fetch.from_swarm` does that).
+
+        Gives up with :class:`FetchError` when nothing arrives for ``stall`` seconds or when
+        ``cancel`` is set; the partial download is removed from the session either way.
+        """
+        lt = _lt()
+        atp = lt.parse_magnet_uri(magnet(package_hash))
+        atp.save_path = str(work)
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        atp.trackers = list(self.settings.trackers)
+        atp.url_seeds = web_seeds(self.settings.mirrors, package_hash)
+        with self.lock:
+            handle = self.session.add_torrent(atp)
+        try:
+            for peer in [*self.settings.peers, *extra_peers]:
+                handle.connect_peer(parse_peer(peer))
+            self._wait(handle, package_hash, progress, cancel, stall)
+            ti = handle.torrent_file()
+            handle.flush_cache()
+        finally:
+            with self.lock:
+                self.session.remove_torrent(handle)
+        return rebuild_tree(ti, work)
+
+    def _wait(self, handle: lt.torrent_handle, package_hash: str,
+              progress: Callable[[Progress], None] | None, cancel: threading.Event | None,
+              stall: float) -> None:
+        """Poll until the download is complete; force a DHT announce once the routing table
+        has nodes (the announce made when the torrent was added went to an empty table)."""
+        last_done, last_change, announced = -1, time.monotonic(), False
+        state = Progress()
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise FetchError(f"swarm download of {package_hash} cancelled")
+            st = handle.status()
+            if st.errc.value():
+                raise FetchError(f"swarm download of {package_hash} failed: {st.errc.message()}")
+            if st.is_seeding or (st.has_metadata and st.is_finished and st.total_wanted_done == st.total_wanted):
+                return
+            if not announced and self.settings.dht and self.session.status().dht_nodes > 0:
+                handle.force_dht_announce()
+                announced = True
+            done = st.total_wanted_done if st.has_metadata else 0
+            now = time.monotonic()
+            if done != last_done or st.num_peers != state.peers:
+                last_done, last_change = done, now
+            elif now - last_change > stall:
+                what = "no peer has it" if not st.has_metadata else f"stalled at {done} bytes"
+                raise FetchError(f"swarm download of {package_hash} gave up after {stall:.0f} s "
+                                 f"without progress ({what}, {st.num_peers} peers)")
+            state = Progress(done, st.total_wanted if st.has_metadata else None, st.num_peers,
+                             "downloading" if st.has_metadata else "finding peers")
+            if progress is not None:
+                progress(state)
+            time.sleep(_POLL)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def listen_port(self) -> int:
+        return self.session.listen_port()
+
+    def close(self) -> None:
+        with self.lock:
+            for handle in list(self.seeding.values()):
+                self.session.remove_torrent(handle)
+            self.seeding.clear()
+        self.session.pause()
+
+
+def web_seeds(mirrors: Iterable[str], package_hash: str) -> list[str]:
+    """BEP 19 web seeds for a package: each mirror serves its files at
+    ``<mirror>/<hash>/package/<path>`` (``treeseed serve``); http(s) mirrors only."""
+    return [f"{m.rstrip('/')}/{package_hash}/" for m in mirrors if m.startswith(("http://", "https://"))]
+
+
+def _root_or_none(root: object) -> bytes | None:
+    raw = bytes.fromhex(str(root)) if not isinstance(root, bytes) else root
+    return raw if any(raw) else None
+
+
+def _renamed_into(ti: lt.torrent_info, package_hash: str) -> dict[int, str]:
+    """Map each file from ``package/<path>`` (or, for a one-file torrent, ``<path>``) to
+    ``<hash>/<path>``, so the package is seeded from ``p/<hash>/`` where the cache keeps it."""
+    fs = ti.files()
+    out = {}
+    for i in range(fs.num_files()):
+        if fs.file_flags(i) & _lt().file_storage.flag_pad_file:
+            continue
+        out[i] = f"{package_hash}/{_package_relative(fs.file_path(i).replace(os.sep, '/'))}"
+    return out
+
+
+def rebuild_tree(ti: lt.torrent_info, work: Path) -> Path:
+    """Move what libtorrent wrote under ``work`` into ``work/tree`` exactly as the info dict
+    describes it: regular files moved into place with their executable bit, symlinks made from
+    the info dict's own targets (libtorrent rewrites targets that point at nothing into
+    self-links), every other path ignored."""
+    from ..hashing.bencode import bdecode
+
+    info = bdecode(bytes(ti.info_section()))
+    root = work / "tree"
+    root.mkdir()
+    for path, leaf in _walk(info[b"file tree"]):
+        dest = root / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if b"symlink path" in leaf:
+            target = "/".join(p.decode("utf-8", "surrogateescape") for p in leaf[b"symlink path"])
+            os.symlink(os.path.relpath(target, os.path.dirname(path) or "."), dest)
+            continue
+        on_disk = work / "package" / path
+        if not on_disk.exists() and (work / path).exists():
+            on_disk = work / path  # a one-file torrent: libtorrent drops the directory
+        if leaf.get(b"length", 0) == 0 and not on_disk.exists():
+            on_disk.parent.mkdir(parents=True, exist_ok=True)
+            on_disk.touch()
+        os.replace(on_disk, dest)
+        os.chmod(dest, 0o755 if b"x" in leaf.get(b"attr", b"") else 0o644)
+    return root
+
+
+def _walk(tree: dict, prefix: str = "") -> Iterable[tuple[str, dict]]:
+    for name, child in sorted(tree.items()):
+        if name == b"":
+            yield prefix.rstrip("/"), child
+        else:
+            yield from _walk(child, prefix + name.decode("utf-8", "surrogateescape") + "/")
+
+
+def hex_id(package_hash: str) -> str:
+    """The first 40 hex digits: what v1-era tools (trackers' whitelists, qBittorrent's API)
+    use to name a v2 torrent."""
+    return hex_of(package_hash)[:40]
+
+
+def _package_relative(path: str) -> str:
+    """A libtorrent file path relative to the package root: ``package/a/b`` -> ``a/b``; a
+    one-file torrent's path is the file's own name already."""
+    return path.split("/", 1)[1] if "/" in path else path
