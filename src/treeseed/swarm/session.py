@@ -168,10 +168,23 @@ class Swarm:
                 atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
             atp.trackers = list(self.settings.trackers) if self._announced else []
             atp.url_seeds = web_seeds(self.settings.mirrors, package_hash)
+            self._wait_removed(package_hash)
             handle = self.session.add_torrent(atp)
             self.seeding[package_hash] = handle
             self._connect_static_peers(handle)
             return handle
+
+    def _wait_removed(self, package_hash: str, timeout: float = 5.0) -> None:
+        """Removing a torrent is asynchronous: a package just downloaded by this session is
+        still being removed when it is added again for seeding."""
+        lt = _lt()
+        info_hash = lt.sha256_hash(bytes.fromhex(hex_of(package_hash)))
+        deadline = time.monotonic() + timeout
+        while self.session.find_torrent(info_hash).is_valid():
+            if time.monotonic() > deadline:
+                raise FetchError(f"{package_hash} is still in the session {timeout:.0f} s after "
+                                 "its download finished")
+            time.sleep(0.02)
 
     def unseed(self, package_hash: str) -> None:
         with self.lock:
