@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--offline", action="store_true", default=argparse.SUPPRESS,
                         help="use no network at all (local paths and file:// still work)")
 
+    torrent = argparse.ArgumentParser(add_help=False)
+    flag = torrent.add_mutually_exclusive_group()
+    flag.add_argument("--torrent", dest="torrent", action="store_true", default=None,
+                      help="fetch from and seed to the BitTorrent swarm this time "
+                           "('treeseed config set torrent on' keeps it on)")
+    flag.add_argument("--no-torrent", dest="torrent", action="store_false",
+                      help="no swarm this time, whatever the settings say")
+
     parser = argparse.ArgumentParser(
         prog="treeseed", parents=[common],
         description="Fetch source packages by content hash into a verified global cache.",
@@ -70,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
     p.set_defaults(run=cmd_hash)
 
-    p = sub.add_parser("fetch", parents=[common],
+    p = sub.add_parser("fetch", parents=[common, torrent],
                        help="fetch a package into the cache, or (no URL) this package's dependencies")
     p.add_argument("url", nargs="?",
-                   help="http(s)://, file://, git+...:// URL or a local path (archive or directory); "
-                        "without it: every non-lazy dependency of the package here, and theirs")
+                   help="http(s)://, file://, git+...:// URL, a local path (archive or directory), "
+                        "or a package hash bt2-<hex> (from mirrors, then the swarm); without it: "
+                        "every non-lazy dependency of the package here, and theirs")
     p.add_argument("--lazy", action="store_true",
                    help="without URL: also fetch the package's own lazy dependencies")
     p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
@@ -85,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
     p.set_defaults(run=cmd_fetch)
 
-    p = sub.add_parser("add", parents=[common],
+    p = sub.add_parser("add", parents=[common, torrent],
                        help="fetch a package and add it to treeseed.toml with its hash")
     p.add_argument("url", help="the dependency's URL (or a local path)")
     p.add_argument("--name", help="dependency name (default: the package's own name, else the URL's)")
@@ -94,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another URL serving the same package (repeatable)")
     p.set_defaults(run=cmd_add)
 
-    p = sub.add_parser("build", parents=[common],
+    p = sub.add_parser("build", parents=[common, torrent],
                        help="configure (fetching what this configuration needs) and run steps")
     p.add_argument("steps", nargs="*", metavar="STEP", help="steps to run (default: the default step)")
     p.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE",
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps and packages at once")
     p.set_defaults(run=cmd_build)
 
-    p = sub.add_parser("update", parents=[common],
+    p = sub.add_parser("update", parents=[common, torrent],
                        help="re-resolve dependencies' sources and record their new hashes")
     p.add_argument("names", nargs="*", metavar="NAME", help="dependencies to update (default: all)")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
@@ -119,6 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("path", parents=[common], help="print the cache path of a dependency")
     p.add_argument("name")
     p.set_defaults(run=cmd_path)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="serve the cache over HTTP: a content-addressed mirror (docs/serve.md)")
+    p.add_argument("--bind", default=None, metavar="HOST:PORT",
+                   help="where to listen (default 127.0.0.1:8750; port 0 picks a free one)")
+    p.set_defaults(run=cmd_serve)
+
+    _add_interop_parsers(sub, common)
+
+    config = sub.add_parser("config", parents=[common], help="show and change settings")
+    xsub = config.add_subparsers(metavar="ACTION")
+    p = xsub.add_parser("list", parents=[common], help="every setting, its value and its default")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_config_list)
+    p = xsub.add_parser("get", parents=[common], help="print one setting")
+    p.add_argument("key")
+    p.set_defaults(run=cmd_config_get)
+    p = xsub.add_parser("set", parents=[common], help="change a setting (lists: comma-separated)")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.set_defaults(run=cmd_config_set)
+    p = xsub.add_parser("unset", parents=[common], help="return a setting to its default")
+    p.add_argument("key")
+    p.set_defaults(run=cmd_config_unset)
+    config.set_defaults(run=lambda a: config.print_help() or 2)
+
+    seed = sub.add_parser("seed", parents=[common, torrent],
+                          help="run this cache's seeder: seed every public package to the swarm")
+    seed.add_argument("--detach", action="store_true", help="run in the background")
+    seed.add_argument("--status-bind", default="127.0.0.1:0", metavar="HOST:PORT",
+                      help="where the status page listens (default: a free port on 127.0.0.1)")
+    seed.set_defaults(run=cmd_seed)
+    ssub = seed.add_subparsers(metavar="ACTION")
+    p = ssub.add_parser("status", parents=[common], help="is a seeder running, and what it does")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_seed_status)
+    p = ssub.add_parser("stop", parents=[common], help="stop this cache's seeder")
+    p.set_defaults(run=cmd_seed_stop)
+
+    p = sub.add_parser("stats", parents=[common], help="packages by bytes uploaded to the swarm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_stats)
 
     cache = sub.add_parser("cache", parents=[common], help="inspect and maintain the cache")
     csub = cache.add_subparsers(metavar="ACTION")
@@ -148,6 +199,13 @@ def _cache(args: argparse.Namespace):
     from .cache import Cache
 
     return Cache(getattr(args, "cache_dir", None))
+
+
+def _settings(args: argparse.Namespace):
+    """The user's settings with this command's --torrent / --no-torrent applied."""
+    from .config import settings
+
+    return settings().with_overrides(torrent=getattr(args, "torrent", None))
 
 
 def _limits(args: argparse.Namespace):
@@ -195,11 +253,16 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.url is None:
         return cmd_fetch_dependencies(args)
     from .fetch import fetch
+    from .ids import is_bt2
 
-    if _offline(args) and not (args.expected and _cache(args).has(args.expected)):
-        _refuse_network(args.url)
-    with _progress(args) as progress:
-        result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args), progress)
+    if is_bt2(args.url):
+        result = _fetch_by_hash(args)
+    else:
+        if _offline(args) and not (args.expected and _cache(args).has(args.expected)):
+            _refuse_network(args.url)
+        with _progress(args) as progress:
+            result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args),
+                           progress)
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     elif not _quiet(args):
@@ -208,6 +271,24 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             if fmt in result.formats:
                 print(f"{fmt}\t{result.formats[fmt]}")
     return 0
+
+
+def _fetch_by_hash(args: argparse.Namespace):
+    """``treeseed fetch bt2-<hex>``: the cache, then the mirrors, then (torrenting on) the swarm."""
+    from .fetch import _cached
+    from .locate import announce_new, obtain
+
+    cache, settings = _cache(args), _settings(args)
+    if not cache.has(args.url) and not settings.mirrors and not settings.torrent:
+        raise TreeseedError(f"{args.url} is not in the cache, and with only a hash there is "
+                            "nowhere to ask: list a mirror ('treeseed config set mirrors URL') "
+                            "or turn the swarm on (--torrent, or 'treeseed config set torrent on')")
+    with _progress(args) as progress:
+        result = obtain(cache, args.url, [], settings, offline=_offline(args), progress=progress)
+    announce_new(cache, result, settings)
+    if args.formats:
+        result = _cached(cache, result.hash, result.source, args.formats)
+    return result
 
 
 def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
@@ -221,7 +302,8 @@ def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
     manifest = load(root / MANIFEST_NAME)
     with reporter(quiet=_quiet(args) or args.json) as (events, _summary):
         resolver = Resolver(_cache(args), offline=_offline(args), jobs=args.jobs, events=events,
-                            fetchers=configured_fetchers(manifest.fetchers))
+                            fetchers=configured_fetchers(manifest.fetchers),
+                            settings=_settings(args))
         resolved = resolver.fetch_all(manifest, base_url_of(root), include_lazy=args.lazy)
     if args.json:
         print(json.dumps([r.as_json() for r in resolved], indent=2))
@@ -299,7 +381,14 @@ def cmd_update(args: argparse.Namespace) -> int:
     from .update import table, update
 
     root = find_package(Path.cwd())
-    rows = update(root, _cache(args), args.names, args.dry_run, _offline(args), args.jobs)
+    cache = _cache(args)
+    rows = update(root, cache, args.names, args.dry_run, _offline(args), args.jobs)
+    if getattr(args, "torrent", None) is not False and _settings(args).torrent:
+        from .swarm.seeder import notify_added
+
+        for row in rows:  # new packages are seeded at once by a running seeder
+            if row.changed and row.new:
+                notify_added(cache, row.new)
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=2))
     elif not _quiet(args):
@@ -327,8 +416,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         overrides[name] = value
     request = BuildRequest(steps=args.steps, overrides=overrides, fetch=args.fetch,
                            list_only=args.list, watch=args.watch, jobs=args.jobs,
-                           offline=_offline(args), quiet=_quiet(args))
+                           offline=_offline(args), quiet=_quiet(args), settings=_settings(args))
     return run(_cache(args), request)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; both end it normally (exit 0)."""
+    from .serve import DEFAULT_BIND, serve
+
+    serve(_cache(args).root, args.bind or DEFAULT_BIND, quiet=_quiet(args))
+    return 0
 
 
 def _refuse_network(url: str) -> None:
@@ -372,6 +469,130 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def cmd_config_list(args: argparse.Namespace) -> int:
+    from .config import KEYS, config_path, settings, show
+
+    current = settings()
+    if args.json:
+        print(json.dumps({k: current.values[k] for k in KEYS}, indent=2))
+        return 0
+    print(f"# {config_path()}")
+    for name, spec in KEYS.items():
+        value = show(name, current.values[name]) or '""'
+        origin = "" if name in current.explicit else "  (default)"
+        print(f"{name} = {value}{origin}")
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    from .config import key, settings, show
+
+    key(args.key)
+    print(show(args.key, settings().values[args.key]))
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    from .config import config_path, set_value, show
+
+    value = set_value(args.key, args.value)
+    if not _quiet(args):
+        print(f"{args.key} = {show(args.key, value)}  ({config_path()})")
+    return 0
+
+
+def cmd_config_unset(args: argparse.Namespace) -> int:
+    from .config import KEYS, show, unset
+
+    removed = unset(args.key)
+    if not _quiet(args):
+        default = show(args.key, KEYS[args.key].default)
+        print(f"{args.key} = {default}  (default{'' if removed else '; it was not set'})")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Seed in the foreground until SIGINT/SIGTERM or `treeseed seed stop`."""
+    from .swarm.seeder import Seeder, install_signal_handlers, run_detached
+
+    cache = _cache(args)
+    settings = _settings(args)
+    if args.detach:
+        extra = ["--status-bind", args.status_bind]
+        if args.torrent is not None:
+            extra.insert(0, "--torrent" if args.torrent else "--no-torrent")
+        status = run_detached(cache, extra)
+        print(f"seeder running (pid {status['pid']}) for {cache.root}; {status['seeding']} "
+              f"packages; listen port {status['listen_port']}")
+        return 0
+    log = None if _quiet(args) else (lambda line: print(f"treeseed: {line}", file=sys.stderr, flush=True))
+    seeder = Seeder(cache, settings, args.status_bind, log)
+    install_signal_handlers(seeder)
+    seeder.run()
+    return 0
+
+
+def cmd_seed_status(args: argparse.Namespace) -> int:
+    from .swarm.seeder import SeederClient, read_info
+
+    cache = _cache(args)
+    client = SeederClient.connect(cache)
+    if client is None:
+        print(f"no seeder runs for {cache.root}; start one with 'treeseed seed --detach'")
+        return 3
+    with client:
+        status = client.call({"op": "status"})
+    info = read_info(cache) or {}
+    if args.json:
+        print(json.dumps({**status, "status_url": info.get("status_url")}, indent=2))
+        return 0
+    from .progress import human
+
+    print(f"seeder pid {status['pid']} for {status['cache']}: {status['seeding']} packages "
+          f"({human(status['cache_bytes'])}), {status['peers']} peers, listen port "
+          f"{status['listen_port']}, {'announcing' if status['announcing'] else 'not announcing yet'}")
+    print(f"status page: {info.get('status_url')}")
+    return 0
+
+
+def cmd_seed_stop(args: argparse.Namespace) -> int:
+    from .swarm.seeder import stop_running
+
+    pid = stop_running(_cache(args))
+    if pid is None:
+        print("no seeder was running")
+        return 0
+    if not _quiet(args):
+        print(f"stopped the seeder (pid {pid})")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .progress import human
+    from .swarm.seeder import seed_dir
+    from .swarm.stats import Stats
+
+    cache = _cache(args)
+    store = Stats(seed_dir(cache))
+    rows = store.all()
+    store.close()
+    for row in rows:
+        info = cache.info(row.hash) if (cache.root / "index.sqlite").exists() else None
+        row.size, row.name = (info.size, info.name) if info else (None, None)
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("nothing uploaded yet")
+        return 0
+    print(f"{'package':<71} {'name':<16} {'uploaded':>10} {'peers':>5} {'copies':>7}  last served")
+    for r in rows:
+        last = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_served)) if r.last_served else "-"
+        copies = f"{r.copies:.2f}" if r.copies is not None else "-"
+        print(f"{r.hash:<71} {(r.name or '-'):<16} {human(r.uploaded):>10} {r.peers:>5} {copies:>7}  {last}")
+    return 0
 
 
 def cmd_cache_list(args: argparse.Namespace) -> int:
@@ -454,6 +675,78 @@ def _human(n: int) -> str:
         size /= 1024
     return f"{n} B"
 
+
+
+# ----------------------------------------------------------------------------- zig and nix
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``treeseed zig ...`` and ``treeseed nix ...``: treeseed as the fetcher for Zig and Nix."""
+    zig = sub.add_parser("zig", parents=[common], help="fetch a Zig project's dependencies for zig build")
+    zsub = zig.add_subparsers(metavar="ACTION")
+    p = zsub.add_parser("fetch", parents=[common],
+                        help="fetch, verify and place the build.zig.zon dependencies where Zig looks")
+    p.add_argument("--fetch", dest="fetch_mode", choices=("needed", "all"), default="needed",
+                   help="needed: skip lazy dependencies (default); all: fetch them too")
+    p.add_argument("--zig-version", default="auto", choices=("auto", "0.14", "0.15", "0.16", "0.17"),
+                   help="the Zig that will build (auto: ask 'zig version')")
+    p.add_argument("--global-cache-dir", type=Path,
+                   help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
+    p.add_argument("--pkg-dir", type=Path,
+                   help="Zig 0.16+: the project's package directory (default: zig-pkg)")
+    p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
+    p.add_argument("--json", action="store_true", help="print what was placed as JSON")
+    p.set_defaults(run=cmd_zig_fetch)
+    zig.set_defaults(run=lambda a: zig.print_help() or 2)
+
+    nix = sub.add_parser("nix", parents=[common], help="Nix hashes of a URL, fetched through treeseed")
+    nsub = nix.add_subparsers(metavar="ACTION")
+    p = nsub.add_parser("prefetch", parents=[common],
+                        help="print what nix-prefetch-url prints (nix32), then the SRI form")
+    p.add_argument("url", help="http(s)://, file:// URL or a local path")
+    p.add_argument("--unpack", action="store_true",
+                   help="the NAR hash of the unpacked archive (fetchzip), not of the file (fetchurl)")
+    p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
+    p.set_defaults(run=cmd_nix_prefetch)
+    nix.set_defaults(run=lambda a: nix.print_help() or 2)
+
+
+def cmd_zig_fetch(args: argparse.Namespace) -> int:
+    from .config import fetchers as configured_fetchers
+    from .config import settings
+    from .interop.zig import ZigFetch, detect_version, layout_for
+
+    project = Path.cwd()
+    version = detect_version() if args.zig_version == "auto" else args.zig_version
+    layout = layout_for(version, project, args.global_cache_dir, args.pkg_dir)
+    job = ZigFetch(_cache(args), layout, args.fetch_mode, _offline(args), args.jobs,
+                   configured_fetchers(), settings().mirrors)
+    placed = job.run(project)
+    if args.json:
+        print(json.dumps([p.as_json() for p in placed], indent=2))
+    elif not _quiet(args):
+        for p in placed:
+            print(f"{p.hash}\t{p.path}")
+        new = sum(p.status == "placed" for p in placed)
+        where = layout.pkg_dir or layout.global_cache / "p"
+        print(f"{_plural(len(placed), 'package')} for Zig {version} in {where}: {new} placed, "
+              f"{len(placed) - new} already there", file=sys.stderr)
+    return 0
+
+
+def cmd_nix_prefetch(args: argparse.Namespace) -> int:
+    from .config import fetchers as configured_fetchers
+    from .interop.nix import prefetch
+
+    if _offline(args):
+        _refuse_network(args.url)
+    url = args.url if "://" in args.url else str(Path(args.url).absolute())
+    result = prefetch(url, _cache(args), args.unpack, _limits(args), configured_fetchers())
+    print(result.nix32)
+    print(result.sri)
+    if result.note and not _quiet(args):
+        print(f"treeseed: note: {result.note}", file=sys.stderr)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
