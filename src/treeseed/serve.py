@@ -1,0 +1,644 @@
+"""``treeseed serve``: the cache as a content-addressed HTTP mirror for a LAN or a CI runner.
+
+Endpoints (docs/serve.md has the full contract)::
+
+    GET|HEAD /bt2-<hex>.tar                a deterministic tar of the package (treeseed.tarstream)
+    GET|HEAD /bt2-<hex>.torrent            the package's v2 .torrent (treeseed.swarm.torrents)
+    GET|HEAD /bt2-<hex>/package/<path>     one file of the package: BEP 19 web seeding
+    GET|HEAD /alias/<format>/<value>       307 to /bt2-<hex>.tar for a zig, nar, git ... hash
+    GET|HEAD /sha256/<hex or nix32>        a kept archive, Nix's hashed-mirror layout
+    GET|HEAD /                             plain-text list of the public packages
+
+Every response body is named by a hash, so each has a strong ETag and is cacheable forever;
+``Range`` (one range) and ``If-None-Match``/``If-Range`` work on all of them. Private packages
+(:meth:`Cache.is_private`) answer exactly like absent ones, on every endpoint. Anything that is
+not one of those exact paths is 404: request paths are matched, never joined to the disk.
+
+Why the standard library's ``ThreadingHTTPServer``: it adds no dependency, a thread per
+connection suits blocking ``sendfile`` and file reads, and a LAN or CI mirror serves tens of
+clients, not tens of thousands. Bodies are streamed from the package files (``sendfile`` for
+large pieces, gathered small writes for headers and small files), so no response is ever held
+in memory or written to disk, and a client that goes away costs its own thread nothing more
+than an exception caught here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import stat
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import quote, unquote, urlsplit
+
+from .cache import Cache
+from .errors import TreeseedError
+from .tarstream import FileSlice, TarLayout
+
+DEFAULT_BIND = "127.0.0.1:8750"
+IMMUTABLE = "public, max-age=31536000, immutable"
+NOT_CACHEABLE = "no-store"  # a 404 or a redirect may change once the package is fetched
+ALIAS_FORMATS = ("zig", "nar", "git", "swhid", "archive-sha256", "git-commit")
+REQUEST_TIMEOUT = 60.0  # seconds a connection may sit idle or a client may stall a write
+_FLUSH = 256 << 10  # gather small pieces up to this much before one send
+_SENDFILE_MIN = 64 << 10  # file pieces at least this big go out with sendfile
+_LAYOUTS_KEPT = 16
+
+_TAR = re.compile(r"/(bt2-[0-9a-f]{64})\.tar")
+_TORRENT = re.compile(r"/(bt2-[0-9a-f]{64})\.torrent")
+_WEB_SEED = re.compile(r"/(bt2-[0-9a-f]{64})/package/(.+)")
+_SHA256 = re.compile(r"/sha256/([0-9a-f]{64}|[0-9abcdfghijklmnpqrsvwxyz]{52})")
+_ALIAS = re.compile(r"/alias/([a-z0-9-]+)/(.+)")
+_ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
+
+
+class ServeError(TreeseedError):
+    """The mirror cannot start: a bad --bind, a port in use, an unreadable settings file."""
+
+
+# --------------------------------------------------------------------------- what is served
+
+
+@dataclass
+class Resource:
+    """A response body: its length, validator and type, and its bytes on demand."""
+
+    size: int
+    etag: str  # quoted, strong
+    content_type: str
+    pieces: Callable[[int, int], Iterator[bytes | FileSlice]]
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_control: str = IMMUTABLE
+
+
+@dataclass
+class Redirect:
+    location: str
+
+
+@dataclass
+class Text:
+    """A small generated page (the index); not content-addressed, so never cached."""
+
+    body: bytes
+
+
+def bytes_resource(data: bytes, etag: str, content_type: str) -> Resource:
+    return Resource(len(data), etag, content_type, lambda a, b: iter((data[a:b],)))
+
+
+def file_resource(path: Path, size: int, etag: str, content_type: str,
+                  headers: dict[str, str] | None = None) -> Resource:
+    """A whole file as a resource; its size is checked again as each piece is copied."""
+    raw = os.fsencode(path)
+
+    def pieces(start: int, stop: int) -> Iterator[bytes | FileSlice]:
+        if stop > start:
+            yield FileSlice(raw, size, start, stop - start)
+
+    return Resource(size, etag, content_type, pieces, headers or {})
+
+
+class Privacy:
+    """The ``private`` setting, re-read whenever the settings file changes while serving, so a
+    package made private takes effect without a restart. If the file turns unreadable or
+    invalid, every package is treated as private until it is fixed: never publish by accident."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        from .config import config_path, settings
+
+        self._path = config_path()
+        self._log = log
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._listed: tuple[str, ...] | None = tuple(settings().private)  # errors stop startup
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def listed(self) -> tuple[str, ...] | None:
+        """The private names and hashes; None means "the settings are broken: hide everything"."""
+        stamp = self._stat()
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._listed = self._reload()
+            return self._listed
+
+    def _reload(self) -> tuple[str, ...] | None:
+        from .config import settings
+
+        try:
+            return tuple(settings().private)
+        except TreeseedError as exc:
+            self._log(f"treeseed serve: serving no package until the settings are fixed: {exc}")
+            return None
+
+
+class Mirror:
+    """Maps request paths to what the cache holds; knows nothing of sockets (testable alone).
+
+    Each request gets its own :class:`Cache` (closed after it): the index's SQLite connection
+    must not cross threads, and opening one costs far less than a request.
+    """
+
+    def __init__(self, cache_root: Path, privacy: Privacy, log: Callable[[str], None]) -> None:
+        self.cache_root = cache_root
+        self.privacy = privacy
+        self.log = log
+        self._layouts: OrderedDict[str, TarLayout] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def route(self, target: str) -> Resource | Redirect | Text | None:
+        """What ``target`` (a request target) names, or None for 404."""
+        path = urlsplit(target).path
+        cache = Cache(self.cache_root)
+        try:
+            return self._route(cache, path)
+        finally:
+            cache.close()
+
+    def _route(self, cache: Cache, path: str) -> Resource | Redirect | Text | None:
+        if path == "/":
+            return self._index(cache)
+        if m := _TAR.fullmatch(path):
+            return self._tar(cache, m[1])
+        if m := _TORRENT.fullmatch(path):
+            return self._torrent(cache, m[1])
+        if m := _WEB_SEED.fullmatch(path):
+            return self._package_file(cache, m[1], m[2])
+        if m := _SHA256.fullmatch(path):
+            return self._archive(cache, m[1])
+        if m := _ALIAS.fullmatch(path):
+            return self._alias(cache, m[1], m[2])
+        return None
+
+    # ---- privacy: the one gate every package-bearing endpoint goes through
+
+    def public(self, cache: Cache, package_hash: str) -> bool:
+        """Is the package in the cache and allowed out? Private ones look exactly absent."""
+        listed = self.privacy.listed()
+        return listed is not None and cache.has(package_hash) \
+            and not cache.is_private(package_hash, listed)
+
+    # ---- endpoints
+
+    def _tar(self, cache: Cache, package_hash: str) -> Resource | None:
+        layout = self.layout(cache, package_hash) if self.public(cache, package_hash) else None
+        if layout is None:
+            return None
+        return Resource(layout.size, f'"{package_hash}"', "application/x-tar", layout.pieces)
+
+    def _torrent(self, cache: Cache, package_hash: str) -> Resource | None:
+        if not self.public(cache, package_hash):
+            return None
+        from .swarm.torrents import torrent_file
+
+        data = torrent_file(cache, package_hash)
+        return bytes_resource(data, f'"{package_hash}.torrent"', "application/x-bittorrent")
+
+    def _package_file(self, cache: Cache, package_hash: str, quoted: str) -> Resource | None:
+        """One regular file, where a BEP 19 web seed asks for it: ``/<hash>/package/<path>``
+        (``package`` is the torrent's name). Only paths the package lists are served."""
+        try:
+            rel = unquote(quoted, errors="strict")
+        except UnicodeDecodeError:
+            return None
+        layout = self.layout(cache, package_hash) if self.public(cache, package_hash) else None
+        entry = layout.files.get(rel) if layout is not None else None
+        if entry is None:
+            return None
+        return file_resource(cache.path(package_hash) / rel, entry.size,
+                             f'"{package_hash}/{quote(rel)}"', "application/octet-stream")
+
+    def _archive(self, cache: Cache, digest: str) -> Resource | None:
+        """A kept archive, served only while the package it unpacked to is cached and public:
+        an archive is that package's source, and nothing else tells whether it may go out."""
+        hex_digest = digest if len(digest) == 64 else _nix32_to_hex(digest)
+        if hex_digest is None:
+            return None
+        owner = cache.resolve("archive-sha256", hex_digest)
+        if owner is None or not self.public(cache, owner):
+            return None
+        path = cache.archive_path(hex_digest)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        import base64
+
+        stated = base64.b64encode(bytes.fromhex(hex_digest)).decode()
+        return file_resource(path, size, f'"sha256-{hex_digest}"', "application/octet-stream",
+                             {"Repr-Digest": f"sha-256=:{stated}:"})
+
+    def _alias(self, cache: Cache, fmt: str, quoted: str) -> Redirect | None:
+        if fmt not in ALIAS_FORMATS:
+            return None
+        value = _alias_value(fmt, unquote(quoted))
+        owner = cache.resolve(fmt, value) if value else None
+        if owner is None or not self.public(cache, owner):
+            return None
+        return Redirect(f"/{owner}.tar")
+
+    def _index(self, cache: Cache) -> Text:
+        lines = []
+        for info in sorted(cache.list(), key=lambda p: p.hash):
+            if self.public(cache, info.hash):
+                label = " ".join(x for x in (info.name, info.version) if x)
+                lines.append(f"{info.hash}\t{info.size}\t{label}".rstrip())
+        head = f"# treeseed mirror: {len(lines)} packages (GET /<hash>.tar, /<hash>.torrent)\n"
+        return Text((head + "".join(f"{line}\n" for line in lines)).encode())
+
+    # ---- tar layouts, kept for the packages served most recently
+
+    def layout(self, cache: Cache, package_hash: str) -> TarLayout | None:
+        """The package's tar layout; scanned once, then reused (a package never changes)."""
+        with self._lock:
+            layout = self._layouts.get(package_hash)
+            if layout is not None:
+                self._layouts.move_to_end(package_hash)
+                return layout
+        from .package import scan_tree
+
+        try:
+            entries = scan_tree(cache.path(package_hash), package_hash)
+        except (OSError, TreeseedError) as exc:  # removed meanwhile, or damaged on disk
+            self.log(f"treeseed serve: cannot list {package_hash}: {exc}; check it with "
+                     f"'treeseed cache verify {package_hash}'")
+            return None
+        layout = TarLayout(cache.path(package_hash), package_hash, entries)
+        with self._lock:
+            self._layouts[package_hash] = layout
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                self._layouts.popitem(last=False)
+        return layout
+
+    def forget(self, package_hash: str) -> None:
+        """Drop a layout that no longer matches the disk (the package was removed or damaged)."""
+        with self._lock:
+            self._layouts.pop(package_hash, None)
+
+
+def _nix32_to_hex(text: str) -> str | None:
+    from .hashing.nar import from_nix32
+
+    try:
+        return from_nix32(text).hex()
+    except ValueError:
+        return None
+
+
+def _alias_value(fmt: str, value: str) -> str | None:
+    """The spelling the index stores: NAR hashes as SRI (any Nix spelling accepted), archive
+    digests as lowercase hex (or nix32); other formats exactly as given."""
+    if fmt == "nar":
+        from .hashing.nar import parse_nix_hash, sri
+
+        try:
+            return sri(parse_nix_hash(value))
+        except TreeseedError:
+            return None
+    if fmt == "archive-sha256":
+        if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            return value.lower()
+        return _nix32_to_hex(value) if len(value) == 52 else None
+    return value
+
+
+# --------------------------------------------------------------------------- HTTP semantics
+
+
+class Unsatisfiable(Exception):
+    """The Range names no byte of the resource (or is malformed): answer 416."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range ``[start, stop)`` a ``Range`` header asks for, or None to send the
+    whole resource (no header, another unit, or several ranges, which RFC 9110 lets a server
+    ignore). A malformed or unsatisfiable ``bytes`` range raises :class:`Unsatisfiable`."""
+    if header is None:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    if "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first + last).isdigit() or not (first.isdigit() or first == "") \
+            or not (last.isdigit() or last == ""):
+        raise Unsatisfiable(header)
+    if first == "":  # suffix: the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            raise Unsatisfiable(header)
+        return max(0, size - count), size
+    start = int(first)
+    stop = size if last == "" else min(size, int(last) + 1)
+    if last and int(last) < start:
+        raise Unsatisfiable(header)
+    if start >= size:
+        raise Unsatisfiable(header)
+    return start, stop
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """``If-None-Match``: ``*`` or a list of entity tags, compared weakly (RFC 9110 13.1.2)."""
+    if header.strip() == "*":
+        return True
+    pos = 0
+    while pos < len(header):
+        m = _ETAG.match(header, pos)
+        if not m:
+            return False
+        if m[2] == etag:
+            return True
+        pos = m.end()
+    return False
+
+
+class _Abort(Exception):
+    """The body cannot be completed (a file vanished or changed): close the connection."""
+
+
+class _Sink:
+    """Writes a body to the socket: small pieces gathered, large file pieces by sendfile."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= _FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.sock.sendall(self.buffer)
+            self.sent += len(self.buffer)
+            self.buffer.clear()
+
+    def copy(self, piece: FileSlice) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a fifo must not block
+        try:
+            fd = os.open(piece.path, flags)
+        except OSError as exc:
+            raise _Abort(f"cannot open {os.fsdecode(piece.path)}: {exc.strerror}") from None
+        with open(fd, "rb", buffering=0) as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Abort(f"{os.fsdecode(piece.path)} is no longer a regular file")
+            if st.st_size != piece.size:
+                raise _Abort(f"{os.fsdecode(piece.path)} is {st.st_size} bytes, not the "
+                             f"{piece.size} it had when listed")
+            if piece.count < _SENDFILE_MIN:
+                data = os.pread(fd, piece.count, piece.offset)
+                if len(data) != piece.count:
+                    raise _Abort(f"{os.fsdecode(piece.path)} shrank while being sent")
+                self.write(data)
+                return
+            self.flush()
+            sent = self.sock.sendfile(f, piece.offset, piece.count)
+            self.sent += sent
+            if sent != piece.count:
+                raise _Abort(f"{os.fsdecode(piece.path)} shrank while being sent")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One connection. HTTP/1.1 keep-alive: every response has a Content-Length (or none of a
+    body at all), so clients reuse connections for the many Range requests of a web seed."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "treeseed-serve"
+    timeout = REQUEST_TIMEOUT
+    # Headers and body go out in separate sends; with Nagle's algorithm the body would wait
+    # for the client's delayed ACK of the headers (40 ms per small response).
+    disable_nagle_algorithm = True
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
+    server: MirrorServer
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def do_GET(self) -> None:
+        self._respond(head=False)
+
+    def do_HEAD(self) -> None:
+        self._respond(head=True)
+
+    def _respond(self, head: bool) -> None:
+        try:
+            found = self.server.mirror.route(self.path)
+        except (TreeseedError, OSError, sqlite3.Error) as exc:  # damaged package, locked index
+            self.server.log(f"treeseed serve: {self.path}: {exc}")
+            self._text(500, b"internal error: see the server's log\n", head)
+            return
+        if found is None:
+            self._text(404, b"not found\n", head)
+        elif isinstance(found, Redirect):
+            self.send_response(307)
+            self.send_header("Location", found.location)
+            self.send_header("Cache-Control", NOT_CACHEABLE)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif isinstance(found, Text):
+            self._text(200, found.body, head)
+        else:
+            self._resource(found, head)
+
+    def _text(self, status: int, body: bytes, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", NOT_CACHEABLE)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _resource(self, res: Resource, head: bool) -> None:
+        if etag_matches(self.headers.get("If-None-Match", ""), res.etag):
+            self.send_response(304)
+            self._validators(res)
+            self.end_headers()
+            return
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range.strip() != res.etag:
+            wanted = None  # the client's copy is another version (or dated): send it all
+        try:
+            span = parse_range(wanted, res.size)
+        except Unsatisfiable:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{res.size}")
+            self.send_header("Content-Length", "0")
+            self._validators(res)
+            self.end_headers()
+            return
+        start, stop = span if span is not None else (0, res.size)
+        self.send_response(206 if span is not None else 200)
+        self.send_header("Content-Type", res.content_type)
+        self.send_header("Content-Length", str(stop - start))
+        if span is not None:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{res.size}")
+        for name, value in res.headers.items():
+            self.send_header(name, value)
+        self._validators(res)
+        self.end_headers()
+        if not head:
+            self._body(res, start, stop)
+
+    def _validators(self, res: Resource) -> None:
+        self.send_header("ETag", res.etag)
+        self.send_header("Cache-Control", res.cache_control)
+        self.send_header("Accept-Ranges", "bytes")
+
+    def _body(self, res: Resource, start: int, stop: int) -> None:
+        """Stream the body; on any failure close the connection, so the client sees a short
+        body (its Content-Length was promised) and never mistakes it for a whole one."""
+        sink = _Sink(self.connection)
+        try:
+            for piece in res.pieces(start, stop):
+                if isinstance(piece, FileSlice):
+                    sink.copy(piece)
+                else:
+                    sink.write(piece)
+            sink.flush()
+        except (ConnectionError, TimeoutError) as exc:  # the client left or stalled
+            self.close_connection = True
+            self.server.note(f"treeseed serve: {self.path}: client gone after {sink.sent} of "
+                             f"{stop - start} bytes ({exc.__class__.__name__})")
+        except (_Abort, OSError) as exc:  # the package changed or vanished; a read failed
+            self.close_connection = True
+            self._forget(res)
+            self.server.log(f"treeseed serve: {self.path}: stopped after {sink.sent} of "
+                            f"{stop - start} bytes: {exc}; the client gets a short body")
+
+    def _forget(self, res: Resource) -> None:
+        m = re.match(r'"(bt2-[0-9a-f]{64})', res.etag)
+        if m:
+            self.server.mirror.forget(m[1])
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.server.note(f'{self.address_string()} "{self.requestline}" {code}')
+
+    def log_message(self, format: str, *args: object) -> None:
+        self.server.note(f"{self.address_string()} {format % args}")
+
+
+class MirrorServer(ThreadingHTTPServer):
+    """The listening socket and its threads; ``mirror`` answers, ``note`` logs requests."""
+
+    daemon_threads = True  # a stalled client never holds up shutting down
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], mirror: Mirror, quiet: bool,
+                 err: TextIO, family: socket.AddressFamily = socket.AF_INET) -> None:
+        self.address_family = family
+        self.mirror = mirror
+        self.quiet = quiet
+        self.err = err
+        self._err_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}"
+
+    def log(self, line: str) -> None:
+        """Problems: always shown."""
+        with self._err_lock:
+            print(line, file=self.err, flush=True)
+
+    def note(self, line: str) -> None:
+        """Request lines and client disconnects: hidden with -q."""
+        if not self.quiet:
+            self.log(line)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """One line instead of socketserver's traceback; the server carries on."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            self.note(f"treeseed serve: {client_address}: connection lost ({exc})")
+        else:
+            self.log(f"treeseed serve: {client_address}: internal error: {exc!r}")
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def parse_bind(text: str) -> tuple[str, int, socket.AddressFamily]:
+    """``HOST:PORT``, ``[V6]:PORT`` or a bare ``PORT`` (on 127.0.0.1); port 0 picks a free one."""
+    m = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]*)):(?P<port>\d{1,5})"
+                     r"|(?P<bare>\d{1,5})", text.strip())
+    port = int(m["port"] or m["bare"]) if m else -1
+    if not m or port > 65535:
+        raise ServeError(f"--bind {text!r}: expected HOST:PORT, [IPV6]:PORT or PORT "
+                         f"(e.g. 127.0.0.1:8750, 0.0.0.0:8750, [::1]:8750, 0 for any free port)")
+    if m["v6"]:
+        return m["v6"], port, socket.AF_INET6
+    return m["host"] or "127.0.0.1", port, socket.AF_INET
+
+
+def make_server(cache_root: Path, bind: str = DEFAULT_BIND, quiet: bool = False,
+                err: TextIO | None = None) -> MirrorServer:
+    """A bound, not yet running mirror of the cache at ``cache_root``."""
+    err = err or sys.stderr
+    host, port, family = parse_bind(bind)
+
+    def log(line: str) -> None:
+        print(line, file=err, flush=True)
+
+    mirror = Mirror(cache_root, Privacy(log), log)
+    try:
+        return MirrorServer((host, port), mirror, quiet, err, family)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {bind}: {exc.strerror or exc}; choose another "
+                         "address with --bind (port 0 picks a free one)") from None
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM: ends serve_forever, not the process."""
+
+
+def serve(cache_root: Path, bind: str = DEFAULT_BIND, quiet: bool = False,
+          out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Serve until SIGINT or SIGTERM. The first line on ``out`` says where (tests read it)."""
+    out = out or sys.stdout
+    cache_root = Path(cache_root).absolute()  # files are opened by absolute path, in any thread
+    server = make_server(cache_root, bind, quiet, err)
+    # Both signals are set here, not inherited: a parent that ignores SIGINT (a job runner)
+    # must still be able to stop the mirror. Only the main thread may set handlers.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in stops} if in_main else {}
+    try:
+        print(f"serving {cache_root} on {server.url}", file=out, flush=True)
+        server.serve_forever(poll_interval=0.5)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop()

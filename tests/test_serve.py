@@ -1,0 +1,747 @@
+"""``treeseed serve``: a real server process and real clients on 127.0.0.1.
+
+Each test starts ``python -m treeseed serve --bind 127.0.0.1:0`` on a cache filled by the real
+``treeseed fetch``, reads the URL from its first line, and talks to it with ``http.client`` (or a
+raw socket where the test must misbehave as a client), ``treeseed fetch`` into a second cache,
+libtorrent (the .torrent, and a web-seed download of a whole package) and Nix
+(``builtin:fetchurl`` through ``hashed-mirrors``). Every wait is bounded; no test measures time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import itertools
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import make_tree, run_cli
+from httpserver import closed_port
+
+from treeseed.cache import Cache
+from treeseed.errors import CacheError
+from treeseed.hashing.nar import from_nix32, nix32
+from treeseed.package import Entry
+from treeseed.serve import (
+    ServeError,
+    Unsatisfiable,
+    etag_matches,
+    parse_bind,
+    parse_range,
+)
+from treeseed.tar import TarReader
+from treeseed.tarstream import TarLayout
+
+TIMEOUT = 60  # seconds any single wait may take before the test fails instead of hanging
+KiB = 1 << 10
+MiB = 1 << 20
+ABSENT = "bt2-" + "ab" * 32
+
+# --------------------------------------------------------------------------- the server process
+
+
+class Mirror:
+    """A running ``treeseed serve`` on an ephemeral port; stderr goes to ``log``."""
+
+    def __init__(self, cache: Path, log: Path, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "treeseed", "--cache-dir", str(cache), "serve",
+                 "--bind", "127.0.0.1:0", *args],
+                stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
+        self.line = self._first_line()
+        assert self.line.startswith(f"serving {cache} on http://127.0.0.1:"), self.line
+        self.url = self.line.rsplit(" ", 1)[1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _first_line(self) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
+        if not ready:
+            self.proc.kill()
+            raise AssertionError(f"treeseed serve printed nothing in {TIMEOUT} s: {self.logged()}")
+        line = self.proc.stdout.readline().decode()
+        if not line:
+            self.proc.wait(timeout=TIMEOUT)
+            raise AssertionError(f"treeseed serve exited {self.proc.returncode}: {self.logged()}")
+        return line.strip()
+
+    def logged(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+            raise AssertionError("treeseed serve did not stop on a signal") from None
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Mirror]]:
+    """Start mirrors of a cache; every one is stopped when the test ends."""
+    started: list[Mirror] = []
+
+    def start(cache: Path, *args: str, env: dict[str, str] | None = None) -> Mirror:
+        started.append(Mirror(cache, tmp_path / f"serve-{len(started)}.log", args, env))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for mirror in started:
+            mirror.stop()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def get(mirror: Mirror, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+        conn: http.client.HTTPConnection | None = None) -> Reply:
+    """One request (on ``conn`` to reuse a keep-alive connection); the whole body is read."""
+    own = conn is None
+    conn = conn or mirror.connect()
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+    finally:
+        if own:
+            conn.close()
+
+
+# --------------------------------------------------------------------------- packages
+
+
+def add(cache: Path, root: Path, *args: str) -> str:
+    """``treeseed fetch`` a directory or archive into ``cache``; its hash."""
+    return run_cli("fetch", str(root), *args, cache=cache).stdout.split("\t", 1)[0]
+
+
+def fetch_from(cache: Path, url: str, expected: str) -> str:
+    return run_cli("fetch", url, "--hash", expected, cache=cache).stdout.split("\t", 1)[0]
+
+
+def make_tar_gz(tmp_path: Path, name: str, spec: dict[str, object]) -> Path:
+    root = make_tree(tmp_path / f"{name}-src" / name, spec)
+    archive = tmp_path / f"{name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname=name)
+    return archive
+
+
+LONG_DIR = "ü" * 60  # 120 bytes of UTF-8: a path beyond ustar's 100 that needs PAX
+TREES: dict[str, dict[str, object]] = {
+    "mixed": {
+        "README": b"hello\n",
+        "bin/run": ("x", b"#!/bin/sh\necho hi\n"),
+        "empty": b"",
+        "a/b/c/d/e/deep.txt": b"deep\n",
+        "link": ("link", "README"),
+        "a/up": ("link", "../README"),
+        "a/dangling": ("link", "b/not-there"),
+    },
+    "long-names": {
+        f"{LONG_DIR}/{'é' * 70}.txt": bytes(range(256)) * 300,  # 76 KiB: goes out by sendfile
+        f"{'d' * 40}/{'e' * 90}": b"splits into ustar prefix and name\n",
+        f"{'f' * 150}.txt": b"one component too long for ustar's name field\n",
+        "l/ink": ("link", f"../{LONG_DIR}/{'é' * 70}.txt"),
+        "t": ("link", "sub/" + "t" * 120),  # an ASCII target over 100 bytes, dangling
+        "日本語/ファイル.txt": "こんにちは\n".encode(),
+    },
+    "single-top-directory": {"only/inner/file.c": b"int main;\n", "only/x": ("x", b"")},
+    "one-empty-file": {"empty": b""},
+    "big-and-executable": {"big.bin": random.Random(1).randbytes(600 * KiB),
+                           "tool": ("x", random.Random(2).randbytes(100 * KiB))},
+}
+
+
+def tar_members(body: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as tf:
+        return tf.getmembers()
+
+
+# --------------------------------------------------------------------------- /bt2-<hex>.tar
+
+
+def test_tar_fetches_back_to_the_same_package(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """The tar is a faithful, deterministic copy: `treeseed fetch` of it (and GNU tar's
+    extraction of it) gives back the same hash for every kind of tree."""
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    hashes = {name: add(cache, make_tree(tmp_path / "trees" / name, spec))
+              for name, spec in TREES.items()}
+    mirror = serve(cache)
+    for name, package_hash in hashes.items():
+        url = f"{mirror.url}/{package_hash}.tar"
+        assert fetch_from(other, url, package_hash) == package_hash, name
+        body = get(mirror, f"/{package_hash}.tar").body
+        assert get(mirror, f"/{package_hash}.tar").body == body, f"{name}: not deterministic"
+        members = tar_members(body)
+        assert members[0].name == package_hash and members[0].isdir()
+        names = [m.name.removeprefix(f"{package_hash}/") for m in members[1:]]
+        assert names == sorted(names, key=lambda n: n.encode()), name
+        for m in members:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", ""), m.name
+            assert m.mode in ((0o755,) if m.isdir() else (0o777,) if m.issym() else (0o644, 0o755))
+        if shutil.which("tar"):
+            out = tmp_path / "gnu" / name
+            out.mkdir(parents=True)
+            subprocess.run(["tar", "-xf", "-", "-C", str(out)], input=body, check=True, timeout=TIMEOUT)
+            got = run_cli("hash", str(out / package_hash), cache=tmp_path / "scratch").stdout.strip()
+            assert got == package_hash, f"{name}: GNU tar's extraction hashes differently"
+
+
+def test_tar_layout_writes_pax_only_where_ustar_cannot(tmp_path: Path) -> None:
+    """Headers straight from the layout: a file of 9 GiB needs a PAX size (no such file is
+    written: only its header is read back), an ASCII path that splits needs nothing."""
+    entries = [Entry("a" * 40 + "/" + "b" * 90, "file", 3), Entry("huge.bin", "file", 9 << 30)]
+    layout = TarLayout(tmp_path, "top", entries)
+    assert layout.size == 512 + (512 + 512) + (512 + 512 + 512 + (9 << 30)) + 1024
+    headers = b"".join(layout.pieces(0, 1024))  # the top directory's, the first file's
+    assert all(isinstance(p, bytes) for p in layout.pieces(1536, 3072))
+    huge = b"".join(layout.pieces(1536, 3072))  # huge.bin's PAX header, then its ustar one
+    head = headers + huge
+    reader = TarReader(io.BytesIO(headers + bytes(512) + huge).read, "layout")
+    members = list(itertools.islice(reader.members(), 3))
+    assert [(m.name, m.size) for m in members] == [("top/", 0), ("top/" + entries[0].path, 3),
+                                                   ("top/huge.bin", 9 << 30)]
+    assert b"size=9663676416" in head and head.count(b"././@PaxHeader") == 1
+
+
+def test_ranges_match_the_full_body(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """Every range (headers, file bodies, padding, the end blocks; all three forms) returns
+    exactly those bytes of the full tar, with the right Content-Range, on one keep-alive
+    connection."""
+    cache = tmp_path / "cache"
+    spec = {**TREES["big-and-executable"], **TREES["mixed"], **TREES["long-names"]}
+    package_hash = add(cache, make_tree(tmp_path / "tree", spec))
+    mirror = serve(cache)
+    path = f"/{package_hash}.tar"
+    full = get(mirror, path)
+    assert full.status == 200 and int(full.headers["content-length"]) == len(full.body)
+    size = len(full.body)
+    edges = {0, 511, 512, 513, size - 1025, size - 1024, size - 1}
+    with tarfile.open(fileobj=io.BytesIO(full.body)) as tf:
+        for m in tf.getmembers():
+            edges |= {m.offset - 1, m.offset, m.offset_data - 1, m.offset_data,
+                      m.offset_data + m.size - 1, m.offset_data + m.size}
+    rng = random.Random(7)
+    spans = [(a, b) for a in sorted(edges) for b in (a, a + 1, a + rng.randrange(1, 300 * KiB))
+             if 0 <= a < size]
+    conn = mirror.connect()
+    try:
+        for a, b in spans:
+            reply = get(mirror, path, {"Range": f"bytes={a}-{b}"}, conn=conn)
+            last = min(b, size - 1)
+            assert reply.status == 206, (a, b)
+            assert reply.headers["content-range"] == f"bytes {a}-{last}/{size}"
+            assert reply.body == full.body[a:last + 1], (a, b)
+        for suffix in (1, 100, 1024, 70_000, size, size + 10):
+            reply = get(mirror, path, {"Range": f"bytes=-{suffix}"}, conn=conn)
+            assert reply.status == 206 and reply.body == full.body[-suffix:]
+        reply = get(mirror, path, {"Range": f"bytes={size - 700}-"}, conn=conn)
+        assert reply.body == full.body[size - 700:]
+        for bad in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0", "bytes=9-3",
+                    "bytes=a-b", "bytes=-"):
+            reply = get(mirror, path, {"Range": bad}, conn=conn)
+            assert reply.status == 416, bad
+            assert reply.headers["content-range"] == f"bytes */{size}" and reply.body == b""
+        for ignored in ("bytes=0-1,5-9", "items=0-4"):  # several ranges, another unit: all of it
+            reply = get(mirror, path, {"Range": ignored}, conn=conn)
+            assert reply.status == 200 and reply.body == full.body, ignored
+    finally:
+        conn.close()
+
+
+def test_fetch_by_hash_uses_the_mirrors_setting(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """How a LAN or CI client uses a mirror: `treeseed config set mirrors URL`, then a fetch by
+    hash alone asks the mirror for `<hash>.tar`."""
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["mixed"]))
+    mirror = serve(cache)
+    env = {"TREESEED_CONFIG": str(tmp_path / "client.toml")}
+    run_cli("config", "set", "mirrors", mirror.url, env=env)
+    got = run_cli("fetch", package_hash, cache=other, env=env).stdout.split("\t", 1)[0]
+    assert got == package_hash
+    assert f'"GET /{package_hash}.tar HTTP/1.1" 200' in mirror.logged()
+
+
+def test_etag_conditionals_and_head(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["mixed"]))
+    mirror = serve(cache)
+    path = f"/{package_hash}.tar"
+    full = get(mirror, path)
+    etag = f'"{package_hash}"'
+    assert full.headers["etag"] == etag
+    assert full.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert full.headers["accept-ranges"] == "bytes"
+    assert full.headers["content-type"] == "application/x-tar"
+    for match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        reply = get(mirror, path, {"If-None-Match": match})
+        assert (reply.status, reply.body, reply.headers["etag"]) == (304, b"", etag), match
+    assert get(mirror, path, {"If-None-Match": '"bt2-other"'}).status == 200
+    reply = get(mirror, path, {"Range": "bytes=10-19", "If-Range": etag})
+    assert (reply.status, reply.body) == (206, full.body[10:20])
+    for stale in ('"bt2-other"', f"W/{etag}", "Sat, 01 Jan 2000 00:00:00 GMT"):
+        reply = get(mirror, path, {"Range": "bytes=10-19", "If-Range": stale})
+        assert (reply.status, reply.body) == (200, full.body), stale
+    head = get(mirror, path, method="HEAD")
+    assert head.status == 200 and head.body == b""
+    assert {k: v for k, v in head.headers.items() if k != "date"} == \
+        {k: v for k, v in full.headers.items() if k != "date"}
+    head = get(mirror, path, {"Range": "bytes=-5"}, method="HEAD")
+    assert (head.status, head.headers["content-length"], head.body) == (206, "5", b"")
+
+
+# --------------------------------------------------------------------------- .torrent, web seed
+
+
+def test_torrent_is_the_package_torrent(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    lt = pytest.importorskip("libtorrent")
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["big-and-executable"]))
+    mirror = serve(cache)
+    reply = get(mirror, f"/{package_hash}.torrent")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/x-bittorrent"
+    assert reply.headers["etag"] == f'"{package_hash}.torrent"'
+    info = lt.torrent_info(lt.bdecode(reply.body))
+    assert str(info.info_hashes().v2) == package_hash.removeprefix("bt2-")
+    tail = get(mirror, f"/{package_hash}.torrent", {"Range": "bytes=-10"})
+    assert (tail.status, tail.body) == (206, reply.body[-10:])
+    assert get(mirror, f"/{ABSENT}.torrent").status == 404
+
+
+def test_libtorrent_downloads_a_package_from_the_web_seed(tmp_path: Path,
+                                                          serve: Callable[..., Mirror]) -> None:
+    """BEP 19: libtorrent, given only the .torrent and the mirror as a web seed (the URL
+    treeseed.swarm.session.web_seeds makes), fetches every file; the result hashes to the
+    package (contents, exec bits, symlinks, empty files, unicode names). Dangling links are
+    left out: libtorrent rewrites a link whose target the torrent lacks to point at itself
+    (its sanitize_symlinks), whoever serves the files."""
+    lt = pytest.importorskip("libtorrent")
+    from treeseed.swarm.session import web_seeds
+
+    cache = tmp_path / "cache"
+    spec = {**TREES["mixed"], **TREES["big-and-executable"], **TREES["long-names"]}
+    del spec["a/dangling"], spec["t"]
+    package_hash = add(cache, make_tree(tmp_path / "tree", spec))
+    mirror = serve(cache)
+    ses = lt.session({"enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+                      "enable_natpmp": False, "listen_interfaces": "127.0.0.1:0"})
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(lt.bdecode(get(mirror, f"/{package_hash}.torrent").body))
+    params.save_path = str(tmp_path / "download")
+    params.url_seeds = web_seeds([mirror.url], package_hash)
+    handle = ses.add_torrent(params)
+    deadline = time.monotonic() + TIMEOUT
+    while not handle.status().is_seeding and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = handle.status()
+    ses.pause()
+    assert status.is_seeding, f"web seed download stuck at {status.progress:.0%}: {mirror.logged()}"
+    got = run_cli("hash", str(tmp_path / "download" / "package"), cache=tmp_path / "x").stdout
+    assert got.strip() == package_hash
+    assert "/package/" in mirror.logged()
+
+
+def test_web_seed_serves_only_the_package_files(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["mixed"]))
+    mirror = serve(cache)
+    base = f"/{package_hash}/package"
+    reply = get(mirror, f"{base}/bin/run")
+    assert (reply.status, reply.body) == (200, b"#!/bin/sh\necho hi\n")
+    assert get(mirror, f"{base}/bin/run", {"Range": "bytes=3-5"}).body == b"bin"
+    for path in (f"{base}/link", f"{base}/a", f"{base}/", f"{base}/bin//run", f"{base}/../README",
+                 f"{base}/a/../README", f"{base}/%2e%2e/README", f"{base}/nope",
+                 f"/{package_hash}/other/README", f"/{ABSENT}/package/README"):
+        assert get(mirror, path).status == 404, path
+
+
+# --------------------------------------------------------------------------- /alias/, /sha256/
+
+
+def test_alias_redirects_to_the_tar(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    archive = make_tar_gz(tmp_path, "pkg-1.0", TREES["mixed"])
+    package_hash = add(cache, archive, "--format", "nar", "--format", "git", "--format", "swhid")
+    run_cli("hash", str(archive), "--format", "zig", cache=cache)  # recorded as an alias too
+    aliases = Cache(cache).aliases(package_hash)
+    assert set(aliases) >= {"archive-sha256", "nar", "git", "swhid", "zig"}
+    mirror = serve(cache)
+    nar_digest = base64.b64decode(aliases["nar"].removeprefix("sha256-"))
+    spellings = [(fmt, value) for fmt, value in aliases.items()] + [
+        ("nar", quote(aliases["nar"], safe="")),  # SRI has / and + in it: encoded or not
+        ("nar", nix32(nar_digest)), ("nar", nar_digest.hex()),
+        ("archive-sha256", aliases["archive-sha256"].upper()),
+        ("archive-sha256", nix32(bytes.fromhex(aliases["archive-sha256"]))),
+    ]
+    for fmt, value in spellings:
+        reply = get(mirror, f"/alias/{fmt}/{value}")
+        assert (reply.status, reply.headers.get("location")) == (307, f"/{package_hash}.tar"), \
+            (fmt, value)
+    assert get(mirror, f"/alias/git/{aliases['git']}", method="HEAD").status == 307
+    url = f"{mirror.url}/alias/nar/{quote(aliases['nar'], safe='')}"
+    assert fetch_from(other, url, package_hash) == package_hash
+    for path in ("/alias/git/" + "0" * 40, "/alias/bt2/" + package_hash, "/alias/zig/",
+                 "/alias/nar/sha256-nonsense", f"/alias/unknown/{aliases['git']}"):
+        assert get(mirror, path).status == 404, path
+
+
+def nix_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian: nix-bin)")
+    return path
+
+
+def test_sha256_serves_kept_archives_by_hex_and_nix32(tmp_path: Path,
+                                                      serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    archive = make_tar_gz(tmp_path, "pkg-1.0", TREES["big-and-executable"])
+    add(cache, archive)
+    digest = Cache(cache).keep_archive(archive)
+    assert digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+    mirror = serve(cache)
+    data = archive.read_bytes()
+    by_nix = subprocess.run([nix_tool("nix-hash"), "--type", "sha256", "--to-base32", digest],
+                            capture_output=True, text=True, check=True, timeout=TIMEOUT).stdout.strip()
+    assert by_nix == nix32(bytes.fromhex(digest))
+    back = subprocess.run([nix_tool("nix-hash"), "--type", "sha256", "--to-base16", by_nix],
+                          capture_output=True, text=True, check=True, timeout=TIMEOUT).stdout.strip()
+    assert back == from_nix32(by_nix).hex() == digest
+    for spelling in (digest, by_nix):
+        reply = get(mirror, f"/sha256/{spelling}")
+        assert (reply.status, reply.body) == (200, data), spelling
+        assert reply.headers["etag"] == f'"sha256-{digest}"'
+        stated = base64.b64decode(reply.headers["repr-digest"].split("=", 1)[1].strip(":"))
+        assert stated.hex() == digest
+    part = get(mirror, f"/sha256/{digest}", {"Range": "bytes=100-70000"})
+    assert (part.status, part.body) == (206, data[100:70001])
+    for path in (f"/sha256/{digest.upper()}", f"/sha256/{digest[:-1]}", f"/sha256/{'0' * 64}",
+                 f"/sha256/{digest}/", "/sha256/" + "z" * 52):
+        assert get(mirror, path).status == 404, path
+
+
+def test_keep_archive_checks_the_digest(tmp_path: Path) -> None:
+    archive = tmp_path / "a.bin"
+    archive.write_bytes(b"some bytes")
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(CacheError, match="not the expected"):
+        cache.keep_archive(archive, "0" * 64)
+    assert not cache.archives_dir.exists() or not any(cache.archives_dir.iterdir())
+    assert not any(cache.tmp_dir.iterdir())
+    digest = cache.keep_archive(archive, hashlib.sha256(b"some bytes").hexdigest())
+    assert cache.archive_path(digest).read_bytes() == b"some bytes"
+
+
+def test_nix_fetches_through_the_hashed_mirror(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """Nix's builtin:fetchurl (what `<nix/fetchurl.nix>` and nixpkgs' bootstrap fetchers use)
+    tries `hashed-mirrors` before the URL: with the origin's port closed, the file can only
+    come from the treeseed mirror. (nix-prefetch-url itself never consults hashed-mirrors.)"""
+    nix_build = nix_tool("nix-build")
+    cache = tmp_path / "cache"
+    archive = make_tar_gz(tmp_path, "pkg-1.0", TREES["mixed"])
+    add(cache, archive)
+    digest = Cache(cache).keep_archive(archive)
+    mirror = serve(cache)
+    nix = tmp_path / "nix"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    for var, name in (("HOME", "home"), ("NIX_CONF_DIR", "conf"), ("NIX_STATE_DIR", "state"),
+                      ("NIX_LOG_DIR", "log"), ("XDG_CACHE_HOME", "xdg-cache")):
+        (nix / name).mkdir(parents=True)
+        env[var] = str(nix / name)
+    (nix / "conf" / "nix.conf").write_text(
+        f"store = {nix / 'store'}\nsubstituters =\nsandbox = false\n"
+        f"hashed-mirrors = {mirror.url}\n")
+    origin = f"http://127.0.0.1:{closed_port()}/pkg-1.0.tar.gz"
+    expr = f'import <nix/fetchurl.nix> {{ url = "{origin}"; sha256 = "{digest}"; }}'
+    proc = subprocess.run([nix_build, "--no-out-link", "-E", expr], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = Path(proc.stdout.strip())
+    assert (nix / "store" / out.relative_to("/")).read_bytes() == archive.read_bytes()
+    assert f'"GET /sha256/{digest} HTTP/1.1" 200' in mirror.logged()
+
+
+# --------------------------------------------------------------------------- privacy
+
+
+def write_config(path: Path, private: list[str]) -> None:
+    path.write_text("private = [" + ", ".join(f'"{p}"' for p in private) + "]\n")
+
+
+def test_private_packages_are_absent_on_every_endpoint(tmp_path: Path,
+                                                       serve: Callable[..., Mirror]) -> None:
+    """Private by manifest, by name and by hash in the setting: each answers exactly like a
+    package that was never there, on every endpoint, and is missing from the index. A change
+    to the setting takes effect while serving; a broken settings file hides everything."""
+    cache = tmp_path / "cache"
+    manifest = b'[package]\nname = "%s"\nprivate = %s\n'
+    archives = {
+        "by-manifest": make_tar_gz(tmp_path, "by-manifest",
+                                   {"treeseed.toml": manifest % (b"m", b"true"), "f": b"1\n"}),
+        "by-name": make_tar_gz(tmp_path, "by-name",
+                               {"treeseed.toml": manifest % (b"secret", b"false"), "f": b"2\n"}),
+        "by-hash": make_tar_gz(tmp_path, "by-hash", {"f": b"3\n"}),
+        "public": make_tar_gz(tmp_path, "public",
+                              {"treeseed.toml": manifest % (b"open", b"false"), "f": b"4\n"}),
+    }
+    hashes = {k: add(cache, a, "--format", "nar") for k, a in archives.items()}
+    kept = {k: Cache(cache).keep_archive(a) for k, a in archives.items()}
+    config = tmp_path / "config.toml"
+    env = {"TREESEED_CONFIG": str(config)}
+    run_cli("config", "set", "private", f"secret,{hashes['by-hash']}", env=env)
+    mirror = serve(cache, env=env)
+    nar = {k: quote(Cache(cache).aliases(h)["nar"], safe="") for k, h in hashes.items()}
+
+    def endpoints(key: str) -> list[str]:
+        h = hashes[key]
+        return [f"/{h}.tar", f"/{h}.torrent", f"/{h}/package/f", f"/alias/nar/{nar[key]}",
+                f"/sha256/{kept[key]}", f"/sha256/{nix32(bytes.fromhex(kept[key]))}"]
+
+    def shape(reply: Reply) -> tuple[int, bytes, dict[str, str]]:
+        return reply.status, reply.body, {k: v for k, v in reply.headers.items() if k != "date"}
+
+    absent = shape(get(mirror, f"/{ABSENT}.tar"))
+    assert absent[0] == 404
+    for key in ("by-manifest", "by-name", "by-hash"):
+        for path in endpoints(key):
+            for method in ("GET", "HEAD"):
+                reply = get(mirror, path, method=method)
+                want = absent if method == "GET" else (404, b"", absent[2])
+                assert shape(reply) == want, (key, path, method)
+    for path in endpoints("public"):
+        assert get(mirror, path).status in (200, 307), path
+    index = get(mirror, "/").body.decode()
+    assert hashes["public"] in index
+    assert not any(hashes[k] in index for k in ("by-manifest", "by-name", "by-hash"))
+
+    write_config(config, ["secret", hashes["by-hash"], "open"])  # made private while serving
+    assert all(get(mirror, path).status == 404 for path in endpoints("public"))
+    config.write_text("private = [not toml\n")  # broken: nothing may go out
+    assert get(mirror, f"/{hashes['public']}.tar").status == 404
+    assert "serving no package until the settings are fixed" in mirror.logged()
+    write_config(config, [])
+    assert get(mirror, f"/{hashes['by-name']}.tar").status == 200
+    assert get(mirror, f"/{hashes['by-manifest']}.tar").status == 404  # its manifest says so
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def test_junk_paths_are_404(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["mixed"]))
+    mirror = serve(cache)
+    hex_part = package_hash.removeprefix("bt2-")
+    for path in (f"/{package_hash.upper()}.tar", f"/bt2-{hex_part.upper()}.tar", f"/{package_hash}.tar/",
+                 f"/{package_hash}.tar.gz", f"/{package_hash}", f"/p/{package_hash}/README",
+                 "/index.sqlite", "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd",
+                 f"/{package_hash}/package/../../../index.sqlite", f"/./{package_hash}.tar",
+                 f"/bt2-{hex_part[:-1]}.tar", "/alias/", "/sha256/", "/favicon.ico"):
+        reply = get(mirror, path)
+        assert (reply.status, reply.body) == (404, b"not found\n"), path
+    assert get(mirror, f"/{package_hash}.tar?download=1").status == 200  # a query changes nothing
+    assert get(mirror, f"/{package_hash}.tar", method="POST").status == 501
+    assert get(mirror, f"/{package_hash}.tar").status == 200  # still serving
+
+
+def test_many_clients_at_once(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    spec = {f"d{i}/f{j}": random.Random(i * 100 + j).randbytes(i * 7919 + j)
+            for i in range(8) for j in range(10)}
+    spec["big"] = random.Random(0).randbytes(3 * MiB)
+    package_hash = add(cache, make_tree(tmp_path / "tree", spec))
+    mirror = serve(cache, "-q")
+    full = get(mirror, f"/{package_hash}.tar").body
+    results: dict[int, bytes] = {}
+    errors: list[Exception] = []
+
+    def client(n: int) -> None:
+        try:
+            start = (n * 104729) % len(full)
+            headers = {"Range": f"bytes={start}-"} if n % 2 else {}
+            body = get(mirror, f"/{package_hash}.tar", headers).body
+            results[n] = body if n % 2 == 0 else full[:start] + body
+        except (OSError, http.client.HTTPException) as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=TIMEOUT)
+    assert not errors and len(results) == 16
+    assert all(body == full for body in results.values())
+    assert mirror.logged() == ""  # -q: no request lines
+
+
+def raw_get(mirror: Mirror, path: str) -> socket.socket:
+    """A GET on a raw socket; while the test does not read, the server soon blocks on it
+    (the kernel grows a receive window only as the reader drains it)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", mirror.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def read_head(sock: socket.socket) -> tuple[int, bytes]:
+    """The Content-Length of the response, and any body bytes read along with the head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before the response head"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return length, rest
+
+
+def big_package(tmp_path: Path, cache: Path) -> str:
+    """32 files of 1 MiB: far more than the socket buffers between server and client hold."""
+    blob = random.Random(3).randbytes(MiB)
+    spec = {f"f{i:02}": i.to_bytes(2, "big") + blob[2:] for i in range(32)}
+    return add(cache, make_tree(tmp_path / "big", spec))
+
+
+def test_client_leaving_mid_stream_does_not_hurt_the_server(tmp_path: Path,
+                                                            serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    package_hash = big_package(tmp_path, cache)
+    mirror = serve(cache)
+    for _ in range(3):
+        sock = raw_get(mirror, f"/{package_hash}.tar")
+        read_head(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # linger 0: a reset, mid-body
+    reply = get(mirror, f"/{package_hash}.tar", {"Range": "bytes=0-99"})
+    assert reply.status == 206 and len(reply.body) == 100
+    deadline = time.monotonic() + TIMEOUT
+    while "client gone" not in mirror.logged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "client gone" in mirror.logged()
+    assert "Traceback" not in mirror.logged()
+
+
+def test_package_removed_while_being_served(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """The response stops short and the connection closes (the client can tell: fewer bytes
+    than Content-Length), the server carries on, and the package is then simply absent."""
+    cache = tmp_path / "cache"
+    package_hash = big_package(tmp_path, cache)
+    mirror = serve(cache)
+    sock = raw_get(mirror, f"/{package_hash}.tar")
+    length, got = read_head(sock)
+    run_cli("cache", "rm", package_hash, cache=cache)
+    received = len(got)
+    while chunk := sock.recv(1 << 16):
+        received += len(chunk)
+    sock.close()
+    assert received < length
+    assert get(mirror, f"/{package_hash}.tar").status == 404
+    assert "stopped after" in mirror.logged() and "Traceback" not in mirror.logged()
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_sigint_and_sigterm_exit_zero(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        mirror = serve(tmp_path / "cache")
+        assert get(mirror, "/").status == 200
+        assert mirror.stop(sig) == 0
+
+
+def test_index_lists_public_packages(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "t", {"treeseed.toml": b'[package]\nname = '
+                                                         b'"demo"\nversion = "1.2"\n', "x": b""}))
+    reply = get(serve(cache), "/")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    assert f"{package_hash}\t" in reply.body.decode() and "demo 1.2" in reply.body.decode()
+
+
+@pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:99999", "[::1:80"])
+def test_bad_bind_is_one_line_error(tmp_path: Path, bind: str) -> None:
+    proc = run_cli("serve", "--bind", bind, cache=tmp_path / "cache", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("treeseed: error: --bind") and proc.stderr.count("\n") == 1
+
+
+def test_port_in_use_is_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--bind", f"127.0.0.1:{port}", cache=tmp_path / "c", check=False)
+    assert proc.returncode == 1 and "cannot listen on" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- the pure parts
+
+
+@pytest.mark.parametrize(("header", "size", "want"), [
+    (None, 10, None), ("bytes=0-0", 10, (0, 1)), ("bytes=2-", 10, (2, 10)),
+    ("bytes=2-100", 10, (2, 10)), ("bytes=-3", 10, (7, 10)), ("bytes=-30", 10, (0, 10)),
+    ("Bytes = 1-2", 10, (1, 3)), ("bytes=9-9", 10, (9, 10)), ("items=0-1", 10, None),
+    ("bytes=0-1,3-4", 10, None), ("bytes", 10, None),
+])
+def test_parse_range(header: str | None, size: int, want: tuple[int, int] | None) -> None:
+    assert parse_range(header, size) == want
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=-0", "bytes=5-4",
+                                    "bytes=x-", "bytes=-", "bytes=1-2-3", "bytes=+1-2"])
+def test_parse_range_unsatisfiable(header: str) -> None:
+    with pytest.raises(Unsatisfiable):
+        parse_range(header, 10)
+
+
+def test_etag_matching() -> None:
+    assert etag_matches('"a"', '"a"') and etag_matches('W/"a"', '"a"')
+    assert etag_matches(' "b" , W/"a"', '"a"') and etag_matches("*", '"a"')
+    assert not etag_matches('"ab"', '"a"') and not etag_matches("", '"a"')
+    assert not etag_matches("a", '"a"')
+
+
+def test_parse_bind() -> None:
+    assert parse_bind("127.0.0.1:0")[:2] == ("127.0.0.1", 0)
+    assert parse_bind("8750")[:2] == ("127.0.0.1", 8750)
+    assert parse_bind("[::1]:80")[:2] == ("::1", 80)
+    assert parse_bind("0.0.0.0:8750")[:2] == ("0.0.0.0", 8750)
+    with pytest.raises(ServeError, match="HOST:PORT"):
+        parse_bind("host")
