@@ -19,10 +19,8 @@ the fetcher program calls them, and so does :func:`hash_path`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -31,15 +29,20 @@ from .cache import Cache
 from .errors import FetchError, HashMismatch, ManifestError, TreeseedError
 from .fetcher import PACKAGE_DIR, RESULT_FILE
 from .fetchers import DEFAULT_TIMEOUT, Fetcher, FetcherRun, fetcher_for
-from .hashing import ALL_FORMATS, Bt2Format, feed_file, hash_files, hash_tree, make_format
-from .hashing.bt2 import FileDigest, MerkleHasher, info_hash, is_bt2
-from .package import Entry, apply_rules, prune_tree, scan_tree
-from .rules import Rules, rules_for
-from .sources import ProgressFn
-from .unpack import Limits, Unpacked, unpack_archive
+from .ids import is_bt2
+
+# The stages (hashing, package, rules, unpack) are imported by the functions that use them:
+# with treeseed's own fetcher they run in its process, and `treeseed update` of an unchanged
+# dependency, which only starts a fetcher and looks up its first hash, never needs them.
 
 if TYPE_CHECKING:
     import threading
+
+    from .hashing.bt2 import FileDigest
+    from .package import Entry
+    from .rules import Rules
+    from .sources import ProgressFn
+    from .unpack import Limits, Unpacked
 
 
 @dataclass
@@ -77,6 +80,7 @@ def fetch(
     check_source: bool = False,
     fetchers: dict[str, str] | None = None,
     cancel: "threading.Event | None" = None,
+    keep_archive: bool = False,
 ) -> FetchResult:
     """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
 
@@ -84,10 +88,13 @@ def fetch(
     proving that a mirror really serves that package (a cache hit, or a digest a server
     states, proves nothing about the bytes it sends). ``fetchers`` maps URL schemes to
     configured fetcher commands (see :mod:`treeseed.fetchers`). Setting ``cancel`` from
-    another thread stops the fetch (:func:`treeseed.swarm.fetch.race`).
+    another thread stops the fetch (:func:`treeseed.swarm.fetch.race`). ``keep_archive``
+    also keeps an archive source's bytes as ``a/<sha256>`` (Nix hashes and serves flat files).
     """
     if expected is not None and not is_bt2(expected):
         raise TreeseedError(f"--hash {expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
+    if "://" not in url:  # a local path: the fetcher runs in its work directory, not here
+        url = os.path.abspath(url)
     trust_cache = expected is not None and not check_source
     if trust_cache and cache.has(expected):
         return _cached(cache, expected, url, formats)
@@ -95,27 +102,35 @@ def fetch(
         if trust_cache and cache.has(expected):
             return _cached(cache, expected, url, formats)
         with cache.workdir() as work:
-            return _fetch_into(url, cache, work, expected, formats, limits or Limits.from_env(),
+            return _fetch_into(url, cache, work, expected, formats, limits,
                                progress, stop_early=not check_source, fetchers=fetchers,
-                               cancel=cancel)
+                               cancel=cancel, keep_archive=keep_archive)
 
 
 def _fetch_into(
     url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
-    limits: Limits, progress: ProgressFn | None, stop_early: bool, fetchers: dict[str, str] | None,
-    cancel: "threading.Event | None" = None,
+    limits: Limits | None, progress: ProgressFn | None, stop_early: bool,
+    fetchers: dict[str, str] | None,
+    cancel: "threading.Event | None" = None, keep_archive: bool = False,
 ) -> FetchResult:
     """Run the URL's fetcher program in ``work``; stop it the moment it announces a hash of a
     package the cache already has; otherwise verify and install what it delivers."""
-    fetcher = fetcher_for(url, formats, limits.max_bytes, fetchers)
+    # No limits given: the fetcher reads TREESEED_MAX_UNPACK_SIZE (our environment) itself, and
+    # this process need not import unpack just to pass the default on.
+    fetcher = fetcher_for(url, formats, limits.max_bytes if limits is not None else None, fetchers)
     run = FetcherRun(fetcher, work, url, fetch_timeout(), progress, cancel=cancel)
     try:
+        if stop_early:
+            _open_index(cache)
         for fmt, value in run.announcements():
             known = cache.resolve(fmt, value) if stop_early else None
             if known and (expected is None or known == expected):
                 run.stop()
-                if fetcher.trusted:
-                    cache.add_aliases(known, run.announced)
+                # The value just looked up already names ``known``: only the others (earlier
+                # announcements the index did not know) are news worth a write.
+                news = {f: v for f, v in run.announced.items() if (f, v) != (fmt, value)}
+                if fetcher.trusted and news:
+                    cache.add_aliases(known, news)
                 hit = _cached(cache, known, url, formats, transferred=run.transferred)
                 hit.revision = run.announced.get("git-commit")
                 return hit
@@ -123,7 +138,32 @@ def _fetch_into(
     finally:
         run.stop()
         run.close()
-    return _install_delivery(url, cache, work, expected, formats, fetcher, run.announced)
+    result = _install_delivery(url, cache, work, expected, formats, fetcher, run.announced)
+    if keep_archive and result.formats.get("archive-sha256"):
+        _keep_archive(cache, work, url, result.formats["archive-sha256"])
+    return result
+
+
+def _keep_archive(cache: Cache, work: Path, url: str, sha256: str) -> None:
+    """Keep the archive just unpacked: the fetcher's download, or the local file itself."""
+    from urllib.parse import unquote, urlsplit
+
+    archive = work / "download"
+    if not archive.is_file():
+        if url.startswith("file://"):
+            archive = Path(unquote(urlsplit(url).path))
+        elif "://" not in url:
+            archive = Path(url)
+    if archive.is_file() and not cache.archive_path(sha256).exists():
+        cache.keep_archive(archive, sha256)
+
+
+def _open_index(cache: Cache) -> None:
+    """Open the cache's index while the fetcher starts, which takes it tens of milliseconds:
+    its first announcement is then looked up at once (the import of sqlite3 and the opening
+    are otherwise on the way from that announcement to the stop)."""
+    if (cache.root / "index.sqlite").exists():
+        cache.db  # noqa: B018  (the property opens the connection)
 
 
 def _install_delivery(
@@ -192,6 +232,10 @@ class PackageTree:
 
 def finish_tree(unpacked: Unpacked, source: str) -> PackageTree:
     """Apply the package's own rules to a fresh tree and compute its bt2 hash."""
+    from .hashing.bt2 import info_hash
+    from .package import apply_rules
+    from .rules import rules_for
+
     rules = rules_for(unpacked.root, source)
     entries = apply_rules(unpacked.root, unpacked.entries, rules, source, unpacked.specials)
     package_hash = info_hash(entries, unpacked.digests, source)
@@ -199,6 +243,8 @@ def finish_tree(unpacked: Unpacked, source: str) -> PackageTree:
 
 
 def _extra_formats(package: PackageTree, formats: Sequence[str], source: str) -> dict[str, str]:
+    from .hashing import hash_tree
+
     wanted = [f for f in formats if f not in ("bt2", "archive-sha256")]
     return hash_tree(package.root, package.entries, wanted, source) if wanted else {}
 
@@ -215,6 +261,9 @@ def _cached(
     known = {"bt2": package_hash, **cache.aliases(package_hash)}
     missing = [f for f in formats if f not in known and f != "archive-sha256"]
     if missing:
+        from .hashing import hash_tree
+        from .package import scan_tree
+
         root = cache.path(package_hash)
         computed = hash_tree(root, scan_tree(root, package_hash), missing, package_hash)
         cache.add_aliases(package_hash, computed)
@@ -229,6 +278,12 @@ def copy_tree(src: Path, dest: Path, source: str) -> Unpacked:
     Excluded files are never read. Files are copied on a thread per core (reads, writes and
     hashing all release the GIL).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .package import Entry, scan_tree
+    from .rules import rules_for
+    from .unpack import Unpacked
+
     rules = rules_for(src)
     entries = scan_tree(src, source, rules)
     dest.mkdir()
@@ -255,6 +310,11 @@ def copy_tree(src: Path, dest: Path, source: str) -> Unpacked:
 def adopt_tree(root: Path, source: str) -> Unpacked:
     """Take over a directory a source built in the work directory (a git checkout): delete what
     the package rules exclude, then hash the rest in place, without copying."""
+    from .hashing import Bt2Format, hash_files
+    from .package import prune_tree, scan_tree
+    from .rules import rules_for
+    from .unpack import Unpacked
+
     entries = scan_tree(root, source, rules_for(root, source))
     prune_tree(root, {e.path for e in entries})
     digests = hash_files(root, entries, [Bt2Format(root, source)])["bt2"]
@@ -262,6 +322,9 @@ def adopt_tree(root: Path, source: str) -> Unpacked:
 
 
 def _copy_file(src: bytes, dst: bytes, executable: bool) -> FileDigest:
+    from .hashing import feed_file
+    from .hashing.bt2 import MerkleHasher
+
     mode = 0o755 if executable else 0o644
     hasher = MerkleHasher()
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -302,6 +365,10 @@ def package_name(package_dir: Path, url: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib
+
+    from .hashing import feed_file
+
     h = hashlib.sha256()
     feed_file(path, [h.update])
     return h.hexdigest()
@@ -321,6 +388,8 @@ class HashReport:
     errors: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict:
+        from .hashing import ALL_FORMATS
+
         known = {**{k: None for k in self.errors}, **self.hashes}
         out: dict = {k.replace("-", "_"): known[k] for k in ALL_FORMATS if k in known}
         out.update({"files": self.files, "bytes": self.bytes})
@@ -338,6 +407,11 @@ def hash_path(
     An archive is never installed by hashing it; but if the package is already cached, the
     formats computed here are recorded as its aliases, so later lookups by them succeed.
     """
+    from .hashing import hash_tree
+    from .package import scan_tree
+    from .rules import rules_for
+    from .unpack import Limits, unpack_archive
+
     source = str(path)
     if path.is_dir():
         if "archive-sha256" in formats:
@@ -366,6 +440,8 @@ def _available(
     root: Path, formats: Sequence[str], source: str, skip: bool
 ) -> tuple[list[str], dict[str, str]]:
     """Split ``formats`` into those that can be computed for ``root`` and why the rest cannot."""
+    from .hashing import make_format
+
     wanted: list[str] = []
     errors: dict[str, str] = {}
     for name in dict.fromkeys(formats):

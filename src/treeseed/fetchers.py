@@ -46,7 +46,7 @@ FORMATS: dict[str, re.Pattern[str]] = {
     "git": re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}"),
     "swhid": re.compile(r"swh:1:dir:[0-9a-f]{40}"),
     "nar": re.compile(r"sha256-[A-Za-z0-9+/]{43}="),
-    "zig": re.compile(r"[A-Za-z0-9_.+-]{1,64}-[A-Za-z0-9_]{44}|1220[0-9a-f]{64}"),
+    "zig": re.compile(r"[A-Za-z0-9_.+-]{1,64}-[A-Za-z0-9_-]{44}|1220[0-9a-f]{64}"),
 }
 MAX_LINE = 512
 
@@ -81,12 +81,45 @@ def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = No
                          "file://, git+https/http/file:// and local paths, and runs a command you "
                          f"configure for others: [fetchers] \"{scheme}\" = \"command ...\" in "
                          "the treeseed config file")
-    argv = [sys.executable, "-m", "treeseed.fetcher", url]
+    argv = [*builtin_command(site=scheme in ("http", "https")), url]
     for fmt in formats:
         argv += ["--format", fmt]
     if max_size is not None:
         argv += ["--max-size", str(max_size)]
     return Fetcher(argv, trusted=True)
+
+
+def builtin_command(site: bool = False) -> list[str]:
+    """The command line of treeseed's own fetcher: ``python -m treeseed.fetcher``, in effect.
+
+    Without ``site`` the interpreter starts with ``-S``: site's pass over the .pth files of
+    site-packages (and the imports some of them make) costs more than the ref lookup that
+    decides whether an update has anything to do. The fetcher gets this process's ``sys.path``
+    instead, so it finds treeseed and its dependencies exactly where this process does (a
+    venv, a user site, PYTHONPATH), plus the directory holding treeseed itself for an editable
+    install whose .pth or import hook ``-S`` skips. HTTP(S) sources keep site: a .pth may set up
+    the TLS trust (a company CA) that Python's own HTTPS then needs; git brings its own TLS.
+    The interpreter's flags (-B, -E, -I, -X ...) are passed on as multiprocessing does.
+    """
+    flags = list(getattr(subprocess, "_args_from_interpreter_flags", list)())
+    if not site and "-S" not in flags:
+        flags.append("-S")
+    bootstrap = (f"import sys; sys.path[:] = {_fetcher_path()!r}; "
+                 "from treeseed.fetcher import main; sys.exit(main())")
+    return [sys.executable, *flags, "-c", bootstrap]
+
+
+def _fetcher_path() -> list[str]:
+    """This process's ``sys.path`` for the fetcher: absolute, without the current directory
+    (the fetcher's is its work directory), and with the directory that holds treeseed."""
+    paths: list[str] = []
+    for entry in sys.path:
+        if isinstance(entry, str) and entry and os.path.abspath(entry) not in paths:
+            paths.append(os.path.abspath(entry))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if here not in paths:  # found through an import hook, which comes after sys.path too
+        paths.append(here)
+    return paths
 
 
 @dataclass
@@ -113,6 +146,8 @@ class FetcherRun:
         self._log = open(self.work / "fetcher.log", "w+b")
         env = {**os.environ, "TREESEED_HASHES": str(fifo), "TREESEED_FETCH_URL": self.source,
                "TREESEED_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if not self.fetcher.trusted:
+            _load_prctl()
         try:
             self.proc = subprocess.Popen(
                 self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.PIPE,
@@ -123,6 +158,7 @@ class FetcherRun:
             self.close()
             raise FetcherError(f"{self.source}: cannot start fetcher {self.fetcher.argv[0]!r}: "
                                f"{exc.strerror}") from None
+        self._exit_fd = _pidfd(self.proc.pid)  # readable the moment the fetcher exits
         self._deadline = time.monotonic() + self.timeout
         self._stdout_buffer = b""
         self.transferred = 0  # the last byte count the fetcher reported
@@ -131,10 +167,13 @@ class FetcherRun:
     def announcements(self) -> Iterator[tuple[str, str]]:
         """Yield (format, value) as the fetcher announces them, until it exits."""
         out_fd: int | None = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        exit_fd = self._exit_fd
         while True:
             exited = self.proc.poll() is not None
-            watched = [self._read_fd] + ([out_fd] if out_fd is not None else [])
+            watched = [self._read_fd] + [fd for fd in (out_fd, exit_fd) if fd is not None]
             ready, _, _ = select.select(watched, [], [], 0 if exited else 0.1)
+            if exit_fd in ready and self.proc.poll() is None:
+                exit_fd = None  # readable yet not reapable (a tracer in between): tick instead
             if out_fd is not None and out_fd in ready and not self._read_stdout(out_fd):
                 out_fd = None  # the fetcher closed its stdout
             if self._read_fd in ready:
@@ -243,20 +282,36 @@ class FetcherRun:
         """SIGTERM the fetcher's process group, SIGKILL it after a grace period."""
         if self.proc.poll() is None:
             _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
+            if not self._wait_exit(GRACE_SECONDS):
                 _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         _signal_group(self.proc.pid, signal.SIGKILL)  # stragglers (git children)
         _wait_group_gone(self.proc.pid)
 
+    def _wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the fetcher to exit; True if it did. The pidfd
+        wakes us at the exit itself; ``Popen.wait(timeout)`` alone polls with sleeps that
+        double up to 50 ms, which a stopped fetcher's few milliseconds would round up."""
+        deadline = time.monotonic() + timeout
+        if self._exit_fd is not None and self.proc.poll() is None:
+            waiter = select.poll()
+            waiter.register(self._exit_fd, select.POLLIN)
+            waiter.poll(timeout * 1000)
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
+        for fd in (self._read_fd, self._write_fd, getattr(self, "_exit_fd", None)):
+            if fd is None:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self._exit_fd = None
         self._log.close()
         proc = getattr(self, "proc", None)
         for stream in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
@@ -279,8 +334,18 @@ def _wait_group_gone(pgid: int, limit: float = 5.0) -> None:
     into the work directory while it is being removed. Zombies count as gone: they write
     nothing, and in a container without a proper init they may linger for seconds."""
     deadline = time.monotonic() + limit
+    delay = 0.0005
     while time.monotonic() < deadline and _live_members(pgid):
-        time.sleep(0.01)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _live_members(pgid: int) -> bool:
@@ -306,19 +371,27 @@ def _live_members(pgid: int) -> bool:
     return False
 
 
-try:  # resolved before any fork: the child side must only make the call
-    import ctypes
+_prctl = None  # resolved before any fork (_load_prctl): the child side must only make the call
 
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
+
+def _load_prctl() -> None:
+    """Look up prctl(2) for :func:`_die_with_parent`; ctypes is imported only for configured
+    fetchers, never on the way to the built-in one."""
+    global _prctl
+    if _prctl is None:
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
 
 
 def _die_with_parent() -> None:
     """In a configured fetcher's child, before exec: SIGKILL it if the cache process dies
     (Linux PR_SET_PDEATHSIG). treeseed's own fetcher arranges this itself, with a SIGTERM it
     handles to stop its git commands."""
-    if _prctl is not None:
+    if _prctl:
         _prctl(1, signal.SIGKILL)
 
 

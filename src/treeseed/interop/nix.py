@@ -74,7 +74,8 @@ def _prefetch_flat(url: str, cache: Cache, limits: Limits, fetchers: dict[str, s
     from ..fetch import fetch
 
     try:
-        result = fetch(url, cache, formats=("archive-sha256",), limits=limits, fetchers=fetchers)
+        result = fetch(url, cache, formats=("archive-sha256",), limits=limits, fetchers=fetchers,
+                       keep_archive=True)
     except TreeseedError as exc:  # not an archive treeseed takes: the bytes still have a hash
         digest = _hash_download(url, cache, exc)
         return Prefetched(digest, None, f"not cached as a package ({exc})")
@@ -104,7 +105,8 @@ def _prefetch_unpacked(url: str, cache: Cache, limits: Limits, fetchers: dict[st
                        ) -> Prefetched:
     from ..fetch import fetch
 
-    result = fetch(url, cache, formats=("archive-sha256", "nar"), limits=limits, fetchers=fetchers)
+    result = fetch(url, cache, formats=("archive-sha256", "nar"), limits=limits, fetchers=fetchers,
+                   keep_archive=True)
     archive_sha256 = result.formats.get("archive-sha256")
     if archive_sha256 is None:
         raise TreeseedError(f"{url}: nix-prefetch-url --unpack unpacks an archive, and this is a "
@@ -129,9 +131,8 @@ def _archive_bytes(url: str, cache: Cache, archive_sha256: str, work: Path) -> P
     source = open_source(url)
     if isinstance(source, LocalSource):
         return source.path
-    kept_at = getattr(cache, "archive_path", None)  # archives the cache keeps, where it does
-    if kept_at is not None and kept_at(archive_sha256).is_file():
-        return kept_at(archive_sha256)
+    if cache.archive_path(archive_sha256).is_file():  # kept by the fetch (keep_archive)
+        return cache.archive_path(archive_sha256)
     got = source.fetch(work)
     if got.archive_sha256 is not None and got.archive_sha256 != archive_sha256:
         raise TreeseedError(f"{url}: the server sent different bytes on a second download "
