@@ -63,7 +63,7 @@ def obtain(
     skipped = [f"{u}: skipped, --offline" for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
                if offline and u.startswith(NETWORK_SCHEMES)]
 
-    def from_urls(cancel: threading.Event | None) -> FetchResult:
+    def from_urls(cancel: threading.Event | None, cache: Cache = cache) -> FetchResult:
         from .fetch import fetch
 
         reasons = list(skipped)
@@ -82,22 +82,41 @@ def obtain(
                     on_failure(url, why)
         raise AllSourcesFailed(package_hash, reasons)
 
+    if settings.torrent and not offline and settings.is_private(package_hash, name):
+        # Say why the swarm was not asked: with no URL, this is the only reason given.
+        skipped.append(f"swarm: not asked, {name or package_hash} is private (the 'private' "
+                       "setting): it is never looked up in the swarm")
     if not (settings.torrent and not offline and not settings.is_private(package_hash, name)):
         return from_urls(None)
     from .swarm.fetch import BothFailed, from_swarm, head_start, race
 
-    def from_the_swarm(cancel: threading.Event | None) -> FetchResult:
+    advice = [""]  # the swarm's latest word on the origin: "wait", "go" or none
+
+    def from_the_swarm(cancel: threading.Event | None, cache: Cache = cache) -> FetchResult:
         if on_url is not None:
             on_url(f"swarm:{package_hash}")
         try:
-            return from_swarm(cache, package_hash, settings, progress, cancel)
+            return from_swarm(cache, package_hash, settings, progress, cancel,
+                              lambda a: advice.__setitem__(0, a))
         except TreeseedError as exc:
             raise AllSourcesFailed(package_hash, [f"swarm: {exc}"]) from None
+
+    def on_own_thread(job: Callable[..., FetchResult]) -> Callable[[threading.Event], FetchResult]:
+        """The race runs each side on a thread of its own, and an sqlite connection (the
+        cache's index) cannot cross threads: each side opens its own."""
+        def run(cancel: threading.Event) -> FetchResult:
+            own = Cache(cache.root)
+            try:
+                return job(cancel, own)
+            finally:
+                own.close()
+        return run
 
     if not candidates:
         return from_the_swarm(None)
     try:
-        return race(from_the_swarm, from_urls, head_start())
+        return race(on_own_thread(from_the_swarm), on_own_thread(from_urls), head_start(),
+                    advice=lambda: advice[0])
     except BothFailed as both:
         reasons = [r for e in (both.origin_error, both.swarm_error)
                    for r in getattr(e, "reasons", [str(e)])]

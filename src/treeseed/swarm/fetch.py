@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
@@ -53,9 +54,12 @@ def stall_timeout() -> float:
 
 def from_swarm(cache: Cache, package_hash: str, settings: Settings,
                progress: Callable[[int, int | None], None] | None = None,
-               cancel: threading.Event | None = None) -> FetchResult:
+               cancel: threading.Event | None = None,
+               on_advice: Callable[[str], None] | None = None) -> FetchResult:
     """Fetch ``package_hash`` from the swarm into ``cache`` (through the running seeder if
-    there is one). Private packages are never looked up: a lookup alone leaks interest."""
+    there is one). Private packages are never looked up: a lookup alone leaks interest.
+    ``on_advice`` hears, as the download goes, whether the origin should wait or go
+    (:meth:`treeseed.swarm.session.Swarm.origin_advice`)."""
     if not is_bt2(package_hash):
         raise TreeseedError(f"{package_hash!r} is not a treeseed hash (bt2- and 64 hex digits)")
     if settings.is_private(package_hash):
@@ -70,20 +74,23 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
     client = SeederClient.connect(cache)
     if client is not None:
         with client:
-            return client.fetch(package_hash, progress, cancel)
+            return client.fetch(package_hash, progress, cancel, on_advice)
     from .session import Swarm
 
     swarm = Swarm(settings.with_overrides())
     try:
         swarm.start_announcing()  # a fetching session has something to look for: no delay
-        return download_and_install(swarm, cache, package_hash, progress, cancel)
+        return download_and_install(swarm, cache, package_hash, progress, cancel,
+                                    on_advice=on_advice)
     finally:
         swarm.close()
 
 
 def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
                          progress: Callable[[int, int | None], None] | None = None,
-                         cancel: threading.Event | None = None) -> FetchResult:
+                         cancel: threading.Event | None = None,
+                         stall: float | None = None,
+                         on_advice: Callable[[str], None] | None = None) -> FetchResult:
     """Download into a work directory, re-verify the whole tree, install by rename, and keep
     the .torrent and block hashes so the package can be seeded at once."""
     from ..fetch import adopt_tree, finish_tree
@@ -91,11 +98,14 @@ def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
     from .session import Progress
 
     def report(p: Progress) -> None:
+        if on_advice is not None:
+            on_advice(p.origin)
         if progress is not None:
             progress(p.done, p.total)
 
     with cache.workdir() as work:
-        root = swarm.download(package_hash, work, report, cancel, stall_timeout())
+        root = swarm.download(package_hash, work, report, cancel,
+                              stall_timeout() if stall is None else stall)
         source = f"swarm:{package_hash}"
         package = finish_tree(adopt_tree(root, source), source)
         if package.hash != package_hash:
@@ -120,15 +130,25 @@ class BothFailed(TreeseedError):
 
 
 def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[threading.Event], T],
-         delay: float) -> T:
+         delay: float, advice: Callable[[], str] = lambda: "") -> T:
     """Run ``swarm_fetch`` at once and ``origin_fetch`` after ``delay`` seconds unless the
     swarm has finished by then; return the first success, cancel the other. When both fail,
-    :class:`BothFailed` carries both errors."""
+    :class:`BothFailed` carries both errors. ``advice()`` can move the origin's start: "go"
+    starts it halfway through the head start (we are the downloader elected to fetch from the
+    origin), "wait" holds it past the head start (the swarm has the data, or another
+    downloader fetches from the origin for all of us) until the swarm finishes or stalls."""
     cancel_swarm, cancel_origin = threading.Event(), threading.Event()
     pool = ThreadPoolExecutor(2, thread_name_prefix="treeseed-race")
     try:
         swarm_job = pool.submit(swarm_fetch, cancel_swarm)
-        done, _ = wait([swarm_job], timeout=delay)
+        started = time.monotonic()
+        while True:
+            done, _ = wait([swarm_job], timeout=0.1)
+            say, elapsed = advice(), time.monotonic() - started
+            # "go" counts after half the head start: peers keep connecting for a while, and
+            # whoever ranks first among too few of them would go to the origin needlessly.
+            if done or (say == "go" and elapsed >= delay / 2) or (say != "wait" and elapsed >= delay):
+                break
         if swarm_job in done and swarm_job.exception() is None:
             return swarm_job.result()
         origin_job = pool.submit(origin_fetch, cancel_origin)

@@ -94,6 +94,9 @@ class Seeder:
         self._threads: list[threading.Thread] = []
         self._skipped: set[str] = set()
         self._served: dict[str, set[str]] = {}  # peers that received blocks since the last tally
+        self._saved: set[str] = set()  # packages whose resume data was written since last asked
+        self._fetch_locks: dict[str, threading.Lock] = {}  # one download per package at a time
+        self._fetch_locks_lock = threading.Lock()
         self.start_time = time.time()
 
     # ------------------------------------------------------------------ lifetime
@@ -114,10 +117,11 @@ class Seeder:
         try:
             self.stats = Stats(self.dir)
             self.swarm = Swarm(self.settings, alert_queue=1 << 17)
+            self.swarm.on_alert = self._on_alert
             self.scan()
-            self._serve_socket()
             self._serve_status()
-            self._write_info()
+            self._write_info()  # before the socket: whoever it answers finds seeder.json
+            self._serve_socket()
         except BaseException:
             self.shutdown()
             raise
@@ -202,8 +206,13 @@ class Seeder:
         if self.cache.is_private(package_hash, self.settings.private):
             self._skipped.add(package_hash)
             return False
+        from .session import StillDownloading
+
         try:
             self.swarm.seed(self.cache, package_hash, self._saved_resume(package_hash))
+        except StillDownloading as exc:
+            self.log(str(exc))  # not skipped: the next scan tries again
+            return False
         except (TreeseedError, OSError, RuntimeError) as exc:
             self._skipped.add(package_hash)
             self.log(f"not seeding {package_hash}: {exc}")
@@ -238,24 +247,29 @@ class Seeder:
                 time.sleep(0.05)
 
     def _handle_alerts(self) -> set[str]:
-        """Write saved resume data; return the packages it was written for."""
+        """Handle the session's pending alerts; return the packages whose resume data was
+        written since the last call."""
+        assert self.swarm is not None
+        self.swarm.handle_alerts()
+        saved, self._saved = self._saved, set()
+        return saved
+
+    def _on_alert(self, alert: Any) -> None:
+        """Count the peers served, write saved resume data. Called as the swarm pops each
+        alert, on whichever thread pops (a download's too): an alert must not be kept."""
         import libtorrent as lt
 
-        assert self.swarm is not None
-        saved = set()
-        for alert in self.swarm.session.pop_alerts():
-            if isinstance(alert, lt.block_uploaded_alert):
-                key = "bt2-" + str(alert.handle.info_hashes().v2)
-                self._served.setdefault(key, set()).add(_peer_key_of(alert.pid, alert.endpoint))
-            elif isinstance(alert, lt.save_resume_data_alert):
-                package_hash = "bt2-" + str(alert.handle.info_hashes().v2)
-                resume_dir = self.dir / "resume"
-                resume_dir.mkdir(parents=True, exist_ok=True)
-                tmp = resume_dir / f".{package_hash}.tmp"
-                tmp.write_bytes(lt.write_resume_data_buf(alert.params))
-                os.replace(tmp, resume_dir / package_hash)
-                saved.add(package_hash)
-        return saved
+        if isinstance(alert, lt.block_uploaded_alert):
+            key = "bt2-" + str(alert.handle.info_hashes().v2)
+            self._served.setdefault(key, set()).add(_peer_key_of(alert.pid, alert.endpoint))
+        elif isinstance(alert, lt.save_resume_data_alert):
+            package_hash = "bt2-" + str(alert.handle.info_hashes().v2)
+            resume_dir = self.dir / "resume"
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            tmp = resume_dir / f".{package_hash}.tmp"
+            tmp.write_bytes(lt.write_resume_data_buf(alert.params))
+            os.replace(tmp, resume_dir / package_hash)
+            self._saved.add(package_hash)
 
     def record_stats(self) -> None:
         """Fold libtorrent's all-time upload totals and the peers served into the store."""
@@ -278,8 +292,10 @@ class Seeder:
     # ------------------------------------------------------------------ serving other processes
 
     def fetch(self, package_hash: str, progress: Callable[[int, int | None], None],
-              cancel: threading.Event) -> FetchResult:
-        """Download a package for another process with our session, then seed it."""
+              cancel: threading.Event, stall: float | None = None,
+              on_advice: Callable[[str], None] | None = None) -> FetchResult:
+        """Download a package for another process with our session, then seed it; ``stall``
+        is the asking process's own TREESEED_SWARM_STALL."""
         from .fetch import download_and_install
 
         assert self.swarm is not None
@@ -287,13 +303,27 @@ class Seeder:
             raise FetchError(f"{package_hash} is private (the 'private' setting): it is never "
                              "looked up in the swarm")
         self.fetching += 1
+        with self._fetch_locks_lock:
+            one_at_a_time = self._fetch_locks.setdefault(package_hash, threading.Lock())
         try:
             self._maybe_announce()
+            # Two processes asking for the same package would share one torrent in the session,
+            # each downloading into its own work dir: the second waits, then finds it cached.
+            while not one_at_a_time.acquire(timeout=0.1):
+                if cancel.is_set():
+                    raise FetchError(f"swarm download of {package_hash} cancelled")
             cache = Cache(self.cache.root)
             try:
-                result = download_and_install(self.swarm, cache, package_hash, progress, cancel)
+                if cache.has(package_hash):
+                    from ..fetch import _cached
+
+                    result = _cached(cache, package_hash, "swarm", ())
+                else:
+                    result = download_and_install(self.swarm, cache, package_hash, progress,
+                                                  cancel, stall, on_advice)
             finally:
                 cache.close()
+                one_at_a_time.release()
         finally:
             self.fetching -= 1
         self.add(package_hash)
@@ -306,16 +336,24 @@ class Seeder:
         with self.swarm.lock:
             handles = dict(self.swarm.seeding)
         stats = {s.hash: s for s in self.stats.all()}
+        # status() runs on the socket's and the status page's threads: an sqlite connection
+        # cannot cross threads, so each call reads the index through its own.
+        index = Cache(self.cache.root)
+        try:
+            infos = {h: index.info(h) for h in handles}
+        finally:
+            index.close()
         packages = []
         size_total = 0
         for package_hash, handle in sorted(handles.items()):
             st = handle.status()
-            info = self.cache.info(package_hash)
+            info = infos[package_hash]
             size = info.size if info else st.total_wanted
             size_total += size
             s = stats.get(package_hash)
             packages.append({
                 "hash": package_hash, "name": info.name if info else None, "size": size,
+                "state": st.state.name, "pieces": st.num_pieces,  # seeding, all: no re-check
                 "peers": st.num_peers, "upload_rate": st.upload_rate,
                 "uploaded": s.uploaded if s else 0, "peers_served": s.peers if s else 0,
                 "last_served": s.last_served if s else None,
@@ -345,7 +383,9 @@ class Seeder:
                     request = json.loads(line)
                 except ValueError:
                     return self._send({"error": "requests are one JSON object per line"})
-                self._send(seeder._answer(request, self._send, self.connection))
+                answer = seeder._answer(request, self._send, self.connection)
+                with contextlib.suppress(OSError):  # a cancelled fetch's asker has gone away
+                    self._send(answer)
 
             def _send(self, message: dict) -> None:
                 self.wfile.write(json.dumps(message).encode() + b"\n")
@@ -371,21 +411,26 @@ class Seeder:
             package_hash = str(request.get("hash"))
             return {"ok": self.cache.has(package_hash) and self.add(package_hash)}
         if op == "fetch":
-            return self._answer_fetch(str(request.get("hash")), send, conn)
+            return self._answer_fetch(str(request.get("hash")), send, conn, request.get("stall"))
         return {"error": f"unknown request {op!r}"}
 
     def _answer_fetch(self, package_hash: str, send: Callable[[dict], None],
-                      conn: socket.socket) -> dict:
+                      conn: socket.socket, stall: Any = None) -> dict:
         cancel = threading.Event()
+        if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not stall > 0:
+            stall = None  # absent or nonsense: the seeder's own
+
+        advice = [""]
 
         def progress(done: int, total: int | None) -> None:
             try:
-                send({"progress": done, "total": total})
+                send({"progress": done, "total": total, "origin": advice[0]})
             except OSError:
                 cancel.set()  # the asking process went away: stop downloading for it
 
         try:
-            result = self.fetch(package_hash, progress, cancel)
+            result = self.fetch(package_hash, progress, cancel, stall,
+                                lambda a: advice.__setitem__(0, a))
         except TreeseedError as exc:
             return {"error": str(exc)}
         return {"ok": True, "hash": result.hash, "transferred": result.transferred}
@@ -467,15 +512,20 @@ class SeederClient:
         return list(self.request(message, timeout))[-1]
 
     def fetch(self, package_hash: str, progress: Callable[[int, int | None], None] | None,
-              cancel: threading.Event | None) -> FetchResult:
+              cancel: threading.Event | None,
+              on_advice: Callable[[str], None] | None = None) -> FetchResult:
         """Have the seeder fetch the package; closing the connection (on cancel) stops it."""
         from ..fetch import _cached
+        from .fetch import stall_timeout
 
         done = threading.Event()
         if cancel is not None:
             threading.Thread(target=self._close_on, args=(cancel, done), daemon=True).start()
         try:
-            for reply in self.request({"op": "fetch", "hash": package_hash}, timeout=None):
+            request = {"op": "fetch", "hash": package_hash, "stall": stall_timeout()}
+            for reply in self.request(request, timeout=None):
+                if "progress" in reply and on_advice is not None:
+                    on_advice(str(reply.get("origin", "")))
                 if "progress" in reply and progress is not None:
                     progress(reply["progress"], reply.get("total"))
                 elif "error" in reply:
@@ -516,6 +566,13 @@ def run_detached(cache: Cache, extra_args: list[str], timeout: float = 15.0) -> 
 
     directory = seed_dir(cache)
     directory.mkdir(parents=True, exist_ok=True)
+    running = SeederClient.connect(cache, timeout=2.0)
+    if running is not None:  # else the loop below would report that seeder as the one started
+        running.close()
+        info = read_info(cache)
+        pid = f" (pid {info['pid']})" if info else ""
+        raise SeederBusy(f"a seeder already runs for the cache {cache.root}{pid}; 'treeseed "
+                         "seed status' shows it, 'treeseed seed stop' stops it")
     log = open(directory / "seeder.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache.root),
                              "seed", *extra_args], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -529,7 +586,9 @@ def run_detached(cache: Cache, extra_args: list[str], timeout: float = 15.0) -> 
         client = SeederClient.connect(cache, timeout=2.0)
         if client is not None:
             with client:
-                return client.call({"op": "status"})
+                status = client.call({"op": "status"})
+            if status.get("pid") == proc.pid:  # ours, not one that won a race to start
+                return status
         time.sleep(0.05)
     proc.terminate()
     raise TreeseedError(f"the seeder did not answer within {timeout:.0f} s; see {directory / 'seeder.log'}")
@@ -557,7 +616,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie has exited: only its parent has yet to collect it
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def install_signal_handlers(seeder: Seeder) -> None:

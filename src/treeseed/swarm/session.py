@@ -16,8 +16,10 @@ hash is ever handed to the cache.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from ..cache import Cache
     from ..config import Settings
 
+#: Client prefix of our peer ids (Azureus style); each session appends 12 random characters
+#: of its own, so it knows its full peer id (:func:`origin_rank`).
+PEER_ID_PREFIX = "-TS0100-"
 #: After this long without a byte of progress, a swarm download gives up (the origin is tried).
 DEFAULT_STALL = 20.0
 _POLL = 0.1
@@ -69,7 +74,7 @@ def session_settings(settings: Settings) -> dict:
         "upload_rate_limit": settings.upload_limit,
         "download_rate_limit": settings.download_limit,
         "user_agent": "treeseed/" + _version(),
-        "peer_fingerprint": "-TS0100-",
+        "peer_fingerprint": PEER_ID_PREFIX,
         "alert_mask": alerts.status_notification | alerts.error_notification
         | alerts.storage_notification | alerts.peer_notification,
         "hashing_threads": max(2, os.cpu_count() or 2),
@@ -124,6 +129,8 @@ class Progress:
     total: int | None = None
     peers: int = 0
     state: str = "finding peers"
+    #: Advice for the origin download (:meth:`Swarm.origin_advice`): "wait", "go" or "".
+    origin: str = ""
 
 
 class Swarm:
@@ -135,6 +142,8 @@ class Swarm:
         lt = _lt()
         self.settings = settings
         pack = session_settings(settings)
+        self.peer_id = (PEER_ID_PREFIX + secrets.token_hex(6)).encode()
+        pack["peer_fingerprint"] = self.peer_id.decode()  # 20 bytes: used whole, no random tail
         if alert_queue:
             pack["alert_queue_size"] = alert_queue
             pack["alert_mask"] |= lt.alert.category_t.upload_notification
@@ -142,6 +151,13 @@ class Swarm:
         self.lock = threading.RLock()
         self.seeding: dict[str, lt.torrent_handle] = {}
         self._announced = False
+        # Alerts are popped in two places: the seeder's loop and a download waiting for its
+        # files to reach the disk (_flush). An alert is freed by the next pop_alerts, so every
+        # pop happens under one lock and each alert is handled there and then (handle_alerts,
+        # which passes it to on_alert, the seeder's handler) before another pop can free it.
+        self._alert_lock = threading.Lock()
+        self.on_alert: Callable[[object], None] | None = None
+        self._flushed: set[str] = set()
 
     # ------------------------------------------------------------------ seeding
 
@@ -151,6 +167,12 @@ class Swarm:
         from . import torrents
 
         lt = _lt()
+        with self.lock:
+            if package_hash in self.seeding:
+                return self.seeding[package_hash]
+        # Not under the lock: a download of this package that is ending (or being cancelled
+        # because the origin won the race) needs the lock to remove itself from the session.
+        self._wait_removed(package_hash)
         with self.lock:
             if package_hash in self.seeding:
                 return self.seeding[package_hash]
@@ -168,7 +190,6 @@ class Swarm:
                 atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
             atp.trackers = list(self.settings.trackers) if self._announced else []
             atp.url_seeds = web_seeds(self.settings.mirrors, package_hash)
-            self._wait_removed(package_hash)
             handle = self.session.add_torrent(atp)
             self.seeding[package_hash] = handle
             self._connect_static_peers(handle)
@@ -182,8 +203,8 @@ class Swarm:
         deadline = time.monotonic() + timeout
         while self.session.find_torrent(info_hash).is_valid():
             if time.monotonic() > deadline:
-                raise FetchError(f"{package_hash} is still in the session {timeout:.0f} s after "
-                                 "its download finished")
+                raise StillDownloading(f"{package_hash} is still being downloaded by this "
+                                       f"session after {timeout:.0f} s; it is seeded later")
             time.sleep(0.02)
 
     def unseed(self, package_hash: str) -> None:
@@ -236,16 +257,55 @@ class Swarm:
         atp.url_seeds = web_seeds(self.settings.mirrors, package_hash)
         with self.lock:
             handle = self.session.add_torrent(atp)
+        flushed = False
         try:
             for peer in [*self.settings.peers, *extra_peers]:
                 handle.connect_peer(parse_peer(peer))
             self._wait(handle, package_hash, progress, cancel, stall)
             ti = handle.torrent_file()
-            handle.flush_cache()
+            flushed = self._flush(handle)
+            if not flushed:
+                raise FetchError(f"swarm download of {package_hash}: libtorrent did not finish "
+                                 "writing its files")
         finally:
+            if not flushed and handle.status().has_metadata:  # without metadata, no storage
+                self._flush(handle, timeout=10)  # no late write may land in the removed work dir
             with self.lock:
                 self.session.remove_torrent(handle)
         return rebuild_tree(ti, work)
+
+    def _flush(self, handle: lt.torrent_handle, timeout: float = 30.0) -> bool:
+        """Wait until every block of ``handle`` is written and its files are closed.
+
+        A piece counts as finished once it passes its hash check, which libtorrent may do from
+        its store buffer before the disk write: without this wait the tree is read while files
+        are still missing or short. ``flush_cache`` queues a job behind all outstanding writes
+        and posts ``cache_flushed_alert`` when it has run."""
+        key = str(handle.info_hashes().v2)
+        self._flushed.discard(key)
+        handle.flush_cache()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.handle_alerts()
+            if key in self._flushed:
+                self._flushed.discard(key)
+                return True
+            time.sleep(0.01)
+        return False
+
+    def handle_alerts(self) -> None:
+        """Pop the session's alerts and handle each at once: note flushed caches and hand
+        every alert to ``on_alert``. Never keep an alert: the next pop frees it (reading a kept
+        one raises Boost.Python.ArgumentError, or worse)."""
+        lt = _lt()
+        with self._alert_lock:
+            for alert in self.session.pop_alerts():
+                if isinstance(alert, lt.cache_flushed_alert):
+                    with contextlib.suppress(RuntimeError):  # its torrent is gone meanwhile
+                        self._flushed.add(str(alert.handle.info_hashes().v2))
+                if self.on_alert is not None:
+                    with contextlib.suppress(RuntimeError):  # a handle gone meanwhile
+                        self.on_alert(alert)
 
     def _wait(self, handle: lt.torrent_handle, package_hash: str,
               progress: Callable[[Progress], None] | None, cancel: threading.Event | None,
@@ -274,10 +334,35 @@ class Swarm:
                 raise FetchError(f"swarm download of {package_hash} gave up after {stall:.0f} s "
                                  f"without progress ({what}, {st.num_peers} peers)")
             state = Progress(done, st.total_wanted if st.has_metadata else None, st.num_peers,
-                             "downloading" if st.has_metadata else "finding peers")
+                             "downloading" if st.has_metadata else "finding peers",
+                             # Sticky: when the peer that went to the origin swaps its download
+                             # for a seeding torrent it drops off for a moment; the stall timer,
+                             # not that gap, decides when waiting for it has failed.
+                             "wait" if state.origin == "wait" else self.origin_advice(handle, package_hash))
             if progress is not None:
                 progress(state)
             time.sleep(_POLL)
+
+    def origin_advice(self, handle: lt.torrent_handle, package_hash: str) -> str:
+        """Should this downloader go to the origin? "wait" while a connected peer has any of
+        the package (the swarm can deliver) or another downloader with no data ranks before
+        us; "go" at once when peers are connected, none has data and we rank first; "" (no
+        peers yet: the head start decides). When N caches want a package at once, only the
+        first in rank fetches it from the origin and seeds the rest: one copy, not N."""
+        mine = origin_rank(package_hash, self.peer_id)
+        peers = handle.get_peer_info()
+        for peer in peers:
+            if peer.progress > 0 or peer.flags & _lt().peer_info.seed:
+                return "wait"
+            if origin_rank(package_hash, _pid_bytes(peer.pid)) < mine:
+                return "wait"
+        if peers or not self._can_discover():
+            return "go"  # first in rank, or alone with no way to ever find a peer
+        return ""
+
+    def _can_discover(self) -> bool:
+        st = self.settings
+        return bool(st.peers or st.dht or st.lsd or st.trackers or st.mirrors)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -290,6 +375,24 @@ class Swarm:
                 self.session.remove_torrent(handle)
             self.seeding.clear()
         self.session.pause()
+
+
+class StillDownloading(FetchError):
+    """A package on disk cannot be seeded yet: the session still downloads it (a fetch whose
+    race the origin won is being cancelled, or another process's fetch is still running)."""
+
+
+def origin_rank(package_hash: str, peer_id: bytes) -> bytes:
+    """A downloader's place in the queue for the origin: SHA-256 of the info-hash and its peer
+    id. Every peer computes the same order from what the handshake already told it, so no
+    extra message is needed, and the order differs per package, so no peer is always first."""
+    import hashlib
+
+    return hashlib.sha256(bytes.fromhex(hex_of(package_hash)) + peer_id).digest()
+
+
+def _pid_bytes(pid: object) -> bytes:
+    return bytes.fromhex(str(pid))
 
 
 def web_seeds(mirrors: Iterable[str], package_hash: str) -> list[str]:
