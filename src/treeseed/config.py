@@ -14,6 +14,7 @@ hand-edited file keeps its comments, and goes through one atomic rename.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -153,7 +154,9 @@ def _seconds(text: str) -> float:
 
 
 def _check_seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # nan and inf parse as floats (and TOML has both), but a seeder would never announce
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0):
         raise ValueError("expected a number of seconds, 0 or more")
     return value
 

@@ -1,0 +1,1087 @@
+"""The swarm, for real: ``treeseed seed`` and ``treeseed fetch`` processes, each cache with a
+settings file of its own, talking BitTorrent v2 over 127.0.0.1 through libtorrent.
+
+Nothing leaves the machine. Every settings file written here listens on 127.0.0.1 with a port
+picked by binding port 0, turns LSD, UPnP and NAT-PMP off, and either turns the DHT off or
+bootstraps it from a DHT node this test runs on loopback (never libtorrent's public default).
+The libtorrent sessions the tests open themselves (a DHT router, a probing peer) follow the
+same rules. Peers are found three ways: a static peer, a local DHT of three nodes, and a real
+opentracker (Debian's, whitelist mode). Witnesses are real too: the DHT router's own alerts for
+incoming announces and lookups, opentracker's scrape counts, an HTTP tracker that records every
+announce, and an origin server that records whether its one download ran to the end.
+
+Waits are polls bounded by a timeout; no assertion is about elapsed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import make_tree, tar_gz
+from httpserver import LoopbackServer, closed_port
+from treeseed.cache import Cache
+from treeseed.hashing.bencode import bdecode, bencode
+from treeseed.ids import hex_of
+
+PIECE = 256 * 1024
+
+
+# --------------------------------------------------------------------------- ports and waits
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 free for both TCP and UDP (libtorrent listens on both)."""
+    for _ in range(100):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no free port on 127.0.0.1")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, poll: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+# --------------------------------------------------------------------------- caches with settings
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    assert isinstance(value, list)
+    return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+
+
+class Node:
+    """One cache, its settings file, and the treeseed processes run for it."""
+
+    def __init__(self, root: Path, **settings: object) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        self.cache = root / "cache"
+        self.config = root / "config.toml"
+        self.log = root / "seeder.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.settings: dict[str, object] = {
+            "listen": f"127.0.0.1:{free_port()}", "dht": False, "dht_bootstrap": [],
+            "lsd": False, "upnp": False, "seed_delay": 0}
+        self.configure(**settings)
+
+    def configure(self, **settings: object) -> None:
+        self.settings.update(settings)
+        self.config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.settings.items()))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TREESEED_CONFIG": str(self.config)}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
+            cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "treeseed", "--cache-dir", str(self.cache), *args],
+                              capture_output=True, text=True, env={**self.env, **(env or {})},
+                              cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"treeseed {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def fetch(self, package_hash: str, *args: str, env: dict[str, str] | None = None,
+              check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return self.run("fetch", package_hash, "--torrent", *args, env=env, check=check,
+                        timeout=timeout)
+
+    def install(self, source: Path) -> str:
+        """Put a package into this cache the ordinary way (the fetch pipeline, which also
+        writes its .torrent and block hashes); returns its hash."""
+        from treeseed.fetch import fetch
+
+        cache = Cache(self.cache)
+        try:
+            return fetch(str(source), cache).hash
+        finally:
+            cache.close()
+
+    def package(self, package_hash: str) -> Path:
+        return self.cache / "p" / package_hash
+
+    # ------------------------------------------------------------------ the seeder
+
+    def start_seeder(self, *args: str, env: dict[str, str] | None = None) -> dict:
+        """``treeseed seed`` in the foreground, as a child process; returns its first status."""
+        assert self.proc is None or self.proc.poll() is not None
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "treeseed", "--cache-dir", str(self.cache), "seed", *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**self.env, **(env or {})})
+
+        def up() -> dict | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"the seeder exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            return self.status()
+
+        return wait_for("the seeder to answer", up)
+
+    def detach_seeder(self) -> dict:
+        out = self.run("seed", "--detach").stdout
+        assert out.startswith("seeder running (pid "), out
+        status = self.status()
+        assert status is not None
+        return status
+
+    def status(self) -> dict | None:
+        """The running seeder's status through its socket, or None if none answers."""
+        from treeseed.swarm.seeder import SeederClient
+
+        cache = Cache(self.cache)
+        client = SeederClient.connect(cache, timeout=10)
+        if client is None:
+            return None
+        with client:
+            try:
+                return client.call({"op": "status"}, timeout=10)
+            except (OSError, ValueError):
+                return None
+
+    @property
+    def peer(self) -> str:
+        """This cache's seeder as a static peer for another cache's settings."""
+        status = self.status()
+        assert status is not None, "no seeder runs"
+        return f"127.0.0.1:{status['listen_port']}"
+
+    def stop_seeder(self) -> None:
+        """Stop whatever seeder runs for this cache and wait until its process is gone."""
+        info = self.seeder_info()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        elif info is not None:
+            self.run("seed", "stop", check=False, timeout=60)
+            pid = info["pid"]
+            with contextlib.suppress(AssertionError):
+                wait_for("the detached seeder to exit", lambda: not alive(pid), timeout=20)
+            if alive(pid):  # a detached seeder this test started: it must not outlive the test
+                os.kill(pid, signal.SIGKILL)
+
+    def seeder_info(self) -> dict | None:
+        try:
+            return json.loads((self.cache / "seed" / "seeder.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, now reaped
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    made: list[Node] = []
+
+    def make(name: str, **settings: object) -> Node:
+        made.append(Node(tmp_path / name, **settings))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.stop_seeder()
+
+
+# --------------------------------------------------------------------------- packages
+
+
+def rich_tree(root: Path) -> Path:
+    """Exec bits, symlinks (one dangling, one to a directory, one upwards), an empty file, and
+    files of several pieces: 3 pieces + a tail, exactly 2 pieces, one block."""
+    return make_tree(root, {
+        "big.bin": os.urandom(3 * PIECE + 12345),
+        "sub/mid.bin": os.urandom(2 * PIECE),
+        "run.sh": ("x", b"#!/bin/sh\necho hello\n"),
+        "empty": b"",
+        "sub/deep/a.txt": b"a\n",
+        "sub/deep/up": ("link", "../mid.bin"),
+        "link": ("link", "sub/deep/a.txt"),
+        "dangling": ("link", "nowhere"),
+        "dirlink": ("link", "sub/deep"),
+    })
+
+
+def one_file_tree(root: Path) -> Path:
+    """A package whose only entry is one top-level file (libtorrent stores it outside the
+    torrent's directory), of more than one piece."""
+    return make_tree(root, {"only.bin": os.urandom(PIECE + 1000)})
+
+
+def small_tree(root: Path, name: str | None = None, private: bool = False, size: int = 20_000) -> Path:
+    spec: dict[str, object] = {"data.bin": os.urandom(size)}
+    if name is not None:
+        spec["treeseed.toml"] = (f'[package]\nname = "{name}"\nversion = "1.0.0"\n'
+                                 + ("private = true\n" if private else "")).encode()
+    return make_tree(root, spec)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything a package is: each path's kind, exec bit, content digest, link target."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", os.access(path, os.X_OK), path.stat().st_size,
+                            hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def assert_same_package(a: Node, b: Node, package_hash: str) -> None:
+    assert snapshot(b.package(package_hash)) == snapshot(a.package(package_hash))
+    cache = Cache(b.cache)
+    try:
+        assert list(cache.verify([package_hash])) == [(package_hash, None)]
+    finally:
+        cache.close()
+
+
+def corrupt_in_place(path: Path) -> None:
+    """Change bytes in every piece of a file, keeping its size."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        for offset in range(0, size, PIECE):
+            f.seek(offset)
+            original = f.read(64)
+            f.seek(offset)
+            f.write(bytes(b ^ 0xFF for b in original))
+    assert path.stat().st_size == size
+
+
+def cached(node: Node) -> set[str]:
+    p = node.cache / "p"
+    return set(os.listdir(p)) if p.exists() else set()
+
+
+def leftovers(node: Node) -> list[str]:
+    tmp = node.cache / "tmp"
+    return os.listdir(tmp) if tmp.exists() else []
+
+
+# --------------------------------------------------------------------------- witnesses
+
+
+class _TrackerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        params = urllib.parse.parse_qs(url.query, encoding="latin-1")
+        info_hash = params.get("info_hash", [""])[0].encode("latin-1").hex()
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.announces.append((url.path, info_hash, params.get("event", [""])[0]))  # type: ignore[attr-defined]
+        body = bencode({b"interval": 1800, b"peers": b""})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class RecordingTracker(LoopbackServer):
+    """An HTTP tracker that hands out no peers and records every announce it receives."""
+
+    def __init__(self) -> None:
+        super().__init__(_TrackerHandler)
+        self.httpd.announces = []  # type: ignore[attr-defined]
+        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
+        self.start()
+
+    @property
+    def announce_url(self) -> str:
+        return self.url("/announce")
+
+    def announces(self, package_hash: str | None = None) -> list[tuple[str, str, str]]:
+        with self.httpd.lock:  # type: ignore[attr-defined]
+            seen = list(self.httpd.announces)  # type: ignore[attr-defined]
+        if package_hash is None:
+            return seen
+        return [a for a in seen if a[1] == hex_of(package_hash)[:40]]
+
+
+@pytest.fixture
+def tracker() -> Iterator[RecordingTracker]:
+    srv = RecordingTracker()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+class _SlowHandler(BaseHTTPRequestHandler):
+    """Serves one archive slowly, one 64 KiB piece per ``pause``, and records for each request
+    whether it ran to the end or the client went away first."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        srv = self.server
+        if self.path != srv.path:  # type: ignore[attr-defined]
+            self.send_error(404)
+            return
+        srv.events.append("start")  # type: ignore[attr-defined]
+        body = srv.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for start in range(0, len(body), 1 << 16):
+                self.wfile.write(body[start:start + (1 << 16)])
+                self.wfile.flush()
+                time.sleep(srv.pause)  # type: ignore[attr-defined]
+        except (BrokenPipeError, ConnectionResetError):
+            srv.events.append("aborted")  # type: ignore[attr-defined]
+            return
+        srv.events.append("done")  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class Origin(LoopbackServer):
+    """The origin of one archive, at full speed or slowed down (``pause`` per 64 KiB)."""
+
+    def __init__(self, body: bytes, pause: float = 0.0, path: str = "/pkg-1.0.tar.gz") -> None:
+        super().__init__(_SlowHandler)
+        self.httpd.body, self.httpd.pause, self.httpd.path = body, pause, path  # type: ignore[attr-defined]
+        self.httpd.events = []  # type: ignore[attr-defined]
+        self.start()
+
+    @property
+    def events(self) -> list[str]:
+        return list(self.httpd.events)  # type: ignore[attr-defined]
+
+    @property
+    def package_url(self) -> str:
+        return self.url(self.httpd.path)  # type: ignore[attr-defined]
+
+
+def archive_package(tmp: Path, size: int = 3 * PIECE) -> tuple[bytes, Path, str]:
+    """A .tar.gz of a package (random data, so it stays near ``size`` compressed), the archive
+    on disk, and its bt2 hash."""
+    from treeseed.fetch import hash_path
+
+    body = tar_gz({"blob.bin": os.urandom(size), "README": b"race\n"}, "pkg-1.0")
+    archive = tmp / "pkg-1.0.tar.gz"
+    archive.write_bytes(body)
+    cache = Cache(tmp / "hash-cache")
+    try:
+        return body, archive, hash_path(archive, cache, []).hashes["bt2"]
+    finally:
+        cache.close()
+
+
+def project(root: Path, url: str, package_hash: str, name: str = "pkg") -> Path:
+    """A package depending on one pinned dependency."""
+    root.mkdir(parents=True)
+    (root / "treeseed.toml").write_text(
+        f'[package]\nname = "app"\n\n[dependencies.{name}]\nurl = "{url}"\nhash = "{package_hash}"\n')
+    return root
+
+
+@contextlib.contextmanager
+def lt_session(**extra: object) -> Iterator[Any]:
+    """A libtorrent session of the test's own: loopback, explicit port, no LSD, UPnP, NAT-PMP;
+    no DHT unless ``extra`` turns on a local one."""
+    import libtorrent as lt
+
+    pack = {"listen_interfaces": f"127.0.0.1:{free_port()}", "enable_dht": False,
+            "dht_bootstrap_nodes": "", "enable_lsd": False, "enable_upnp": False,
+            "enable_natpmp": False, "enable_incoming_utp": False, "enable_outgoing_utp": False,
+            "alert_mask": 0, **extra}
+    session = lt.session(pack)
+    try:
+        yield session
+    finally:
+        session.pause()
+        for handle in session.get_torrents():
+            session.remove_torrent(handle)
+        del session
+
+
+class DhtRouter:
+    """A DHT-only libtorrent node on loopback that the other nodes bootstrap from, and that
+    reports each announce and lookup it receives (its ``dht_notification`` alerts)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.seen: list[tuple[str, str, int | None]] = []  # (kind, 40 hex, port)
+
+    @property
+    def node(self) -> str:
+        return f"127.0.0.1:{self.session.listen_port()}"
+
+    def poll(self) -> list[tuple[str, str, int | None]]:
+        import libtorrent as lt
+
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, lt.dht_announce_alert):
+                self.seen.append(("announce", str(alert.info_hash), alert.port))
+            elif isinstance(alert, lt.dht_get_peers_alert):
+                self.seen.append(("get_peers", str(alert.info_hash), None))
+        return self.seen
+
+    def saw(self, kind: str, package_hash: str) -> list[tuple[str, str, int | None]]:
+        return [s for s in self.poll() if s[0] == kind and s[1] == hex_of(package_hash)[:40]]
+
+    def mentions(self, package_hash: str) -> list[tuple[str, str, int | None]]:
+        return [s for s in self.poll() if s[1] == hex_of(package_hash)[:40]]
+
+
+LOCAL_DHT = {"dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
+             "dht_prefer_verified_node_ids": False}
+
+
+@pytest.fixture
+def dht_router() -> Iterator[DhtRouter]:
+    import libtorrent as lt
+
+    with lt_session(enable_dht=True, alert_mask=lt.alert.category_t.dht_notification,
+                    **LOCAL_DHT) as session:
+        yield DhtRouter(session)
+
+
+@pytest.fixture
+def opentracker(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
+    """Start Debian's opentracker on loopback with a whitelist of packages (the first 40 hex of
+    each hash: what v1-era trackers know a v2 torrent by); returns its announce URL."""
+    exe = shutil.which("opentracker")
+    if exe is None:
+        pytest.skip("opentracker is not installed (Debian package opentracker)")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(hashes: list[str]) -> str:
+        directory = tmp_path / f"opentracker-{len(procs)}"
+        directory.mkdir()
+        directory.chmod(0o755)  # it chroots here and drops to nobody, who must read the list
+        whitelist = directory / "whitelist"
+        whitelist.write_text("".join(hex_of(h)[:40] + "\n" for h in hashes))
+        whitelist.chmod(0o644)
+        port = free_port()
+        cmd = [exe, "-i", "127.0.0.1", "-p", str(port), "-P", str(port), "-d", str(directory),
+               "-w", "whitelist", "-A", "127.0.0.1"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # it refuses to run as root otherwise
+        with open(tmp_path / f"opentracker-{len(procs)}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=log))
+
+        def listening() -> bool:
+            assert procs[-1].poll() is None, "opentracker exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for("opentracker to listen", listening, timeout=15)
+        return f"http://127.0.0.1:{port}/announce"
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def scrape(announce_url: str, package_hash: str) -> dict[str, int]:
+    """The tracker's counts for a package: complete (seeds), incomplete, downloaded."""
+    info_hash = bytes.fromhex(hex_of(package_hash)[:40])
+    url = announce_url.replace("/announce", "/scrape") + "?info_hash=" + urllib.parse.quote(info_hash)
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        files = bdecode(reply.read())[b"files"]
+    counts = files.get(info_hash, {})
+    return {k.decode(): v for k, v in counts.items()}
+
+
+def has_torrent_files(node: Node, package_hash: str) -> bool:
+    data = (node.cache / "t" / f"{package_hash}.torrent").read_bytes()
+    info = bdecode(data)[b"info"]
+    return (hashlib.sha256(bencode(info)).hexdigest() == hex_of(package_hash)
+            and (node.cache / "t" / f"{package_hash}.leaves").is_file())
+
+
+# =========================================================================== 1. a static peer
+
+
+def test_static_peer_delivers_identical_trees_knowing_only_the_hash(tmp_path: Path, nodes) -> None:
+    a = nodes("a")
+    rich = a.install(rich_tree(tmp_path / "src-rich"))
+    single = a.install(one_file_tree(tmp_path / "src-single"))
+    status = a.detach_seeder()
+    assert {p["hash"] for p in status["packages"]} == {rich, single}
+
+    # The mirror (the only HTTP source B knows) is down, and is tried at once (no head start):
+    # its failure must not end the fetch; the bytes can only come from A.
+    b = nodes("b", peers=[a.peer], mirrors=[f"http://127.0.0.1:{closed_port()}"])
+    for package_hash in (rich, single):
+        fetched = b.fetch(package_hash, "--json", env={"TREESEED_SWARM_HEAD_START": "0"})
+        result = json.loads(fetched.stdout)
+        assert (result["hash"], result["source"], result["cached"]) == (package_hash, "swarm", False)
+        assert_same_package(a, b, package_hash)
+        assert has_torrent_files(b, package_hash)  # B can seed it at once, without hashing
+
+    tree = snapshot(b.package(rich))
+    assert tree["run.sh"][:2] == ("file", True) and tree["big.bin"][:2] == ("file", False)
+    assert tree["empty"][2] == 0
+    assert tree["dangling"] == ("link", "nowhere") and tree["dirlink"] == ("link", "sub/deep")
+    assert tree["sub/deep/up"] == ("link", "../mid.bin")
+    assert list(snapshot(b.package(single))) == ["only.bin"]
+    assert leftovers(b) == []
+
+    # Fetched again: already cached, no swarm needed.
+    again = json.loads(b.fetch(rich, "--json").stdout)
+    assert again["cached"] is True
+
+
+# =========================================================================== 2. a local DHT
+
+
+def test_local_dht_of_three_nodes(tmp_path: Path, nodes, dht_router: DhtRouter) -> None:
+    dht = {"dht": True, "dht_bootstrap": [dht_router.node]}
+    a = nodes("a", **dht)
+    public = a.install(rich_tree(tmp_path / "src"))
+    private = a.install(small_tree(tmp_path / "src-private", "locked", private=True))
+    a.start_seeder()
+    # A announces once its routing table holds the router: the router's own record of it.
+    announce = wait_for("A's DHT announce at the router", lambda: dht_router.saw("announce", public))
+    assert announce[0][2] == int(a.peer.rsplit(":", 1)[1])
+
+    b = nodes("b", **dht)  # no peers, no trackers: the DHT is the only way to find A
+    b.fetch(public)
+    assert_same_package(a, b, public)
+    assert dht_router.saw("get_peers", public)
+
+    # B refuses to look up a hash its settings call private: the DHT never hears of it.
+    b.configure(private=[private])
+    refused = b.fetch(private, check=False, env={"TREESEED_SWARM_STALL": "60"})
+    assert refused.returncode == 1
+    assert f"{private} is private" in refused.stderr and "never looked up" in refused.stderr
+    assert dht_router.mentions(private) == []  # A never announced it, B never asked
+
+
+def test_session_settings_relax_dht_protections_only_for_local_bootstrap_nodes() -> None:
+    from treeseed.config import PUBLIC_DHT_BOOTSTRAP, Settings
+    from treeseed.swarm.session import session_settings
+
+    def pack(**values: object) -> dict:
+        return session_settings(Settings({**Settings.defaults().values, **values}, frozenset()))
+
+    for local in (["127.0.0.1:6881"], ["localhost:6881", "[::1]:6881"], ["192.168.1.20:6881"],
+                  ["10.0.0.1:1", "172.16.0.1:2"]):
+        got = pack(dht_bootstrap=local)
+        assert {k: got[k] for k in LOCAL_DHT} == LOCAL_DHT, local
+        assert got["dht_bootstrap_nodes"] == ",".join(local)
+    for public in (PUBLIC_DHT_BOOTSTRAP, ["127.0.0.1:6881", "router.bittorrent.com:6881"],
+                   ["8.8.8.8:6881"], []):
+        got = pack(dht_bootstrap=public)
+        assert not set(LOCAL_DHT) & set(got), public
+    # The rest of the pack follows the settings.
+    got = pack(listen="127.0.0.1:7001", dht=False, lsd=False, upnp=False, upload_limit=5000)
+    assert (got["listen_interfaces"], got["enable_dht"], got["enable_lsd"], got["enable_upnp"],
+            got["enable_natpmp"], got["upload_rate_limit"]) == ("127.0.0.1:7001", False, False,
+                                                                  False, False, 5000)
+    assert got["enable_outgoing_utp"] is False  # loopback: TCP only
+    assert pack(listen="0.0.0.0:6881")["enable_outgoing_utp"] is True
+
+
+# =========================================================================== 3. opentracker
+
+
+def test_opentracker_whitelist(tmp_path: Path, nodes, opentracker) -> None:
+    src = rich_tree(tmp_path / "src")
+    secret = small_tree(tmp_path / "src-secret", "secret-lib")
+    by_hash = small_tree(tmp_path / "src-by-hash")
+    locked = small_tree(tmp_path / "src-locked", "locked", private=True)
+    a = nodes("a")
+    public, named, hashed, manifest = (a.install(s) for s in (src, secret, by_hash, locked))
+    url = opentracker([public, named, hashed, manifest])  # all whitelisted: only A decides
+    stranger = "bt2-" + hashlib.sha256(b"not on the list").hexdigest()
+    query = "?info_hash=" + urllib.parse.quote(bytes.fromhex(hex_of(stranger)[:40]))
+    with urllib.request.urlopen(url + query + "&port=1&left=0&peer_id=-XX0000-000000000000",
+                                timeout=10) as reply:
+        assert b"failure reason" in reply.read()  # whitelist mode: other torrents are refused
+    a.configure(trackers=[url], private=["secret-lib", hashed])
+    status = a.start_seeder()
+    assert [p["hash"] for p in status["packages"]] == [public]
+    wait_for("A's announce at opentracker", lambda: scrape(url, public).get("complete") == 1)
+
+    b = nodes("b", trackers=[url])  # no peers, no DHT: only the tracker knows A
+    b.fetch(public)
+    assert_same_package(a, b, public)
+
+    # Every private package stays unknown to the tracker, though A announced at the same time.
+    for package_hash in (named, hashed, manifest):
+        assert scrape(url, package_hash) == {}, package_hash
+    # And B, whose settings call one private, never announces interest in it.
+    b.configure(trackers=[url], private=[hashed])
+    refused = b.fetch(hashed, check=False)
+    assert refused.returncode == 1 and "is private" in refused.stderr
+    assert scrape(url, hashed) == {}
+
+
+# =========================================================================== 4. private packages
+
+
+def test_private_packages_are_never_seeded_nor_looked_up(tmp_path: Path, nodes,
+                                                        tracker: RecordingTracker) -> None:
+    a = nodes("a")
+    public = a.install(small_tree(tmp_path / "src-public", "open-lib"))
+    manifest = a.install(small_tree(tmp_path / "src-locked", "locked", private=True))
+    named = a.install(small_tree(tmp_path / "src-named", "secret-lib"))
+    hashed = a.install(small_tree(tmp_path / "src-hashed"))
+    a.configure(private=["secret-lib", hashed], trackers=[tracker.announce_url])
+    status = a.start_seeder()
+    assert [p["hash"] for p in status["packages"]] == [public]
+    assert status["skipped_private"] == 3
+
+    # A peer connected straight to A gets the public package's metadata, and never a private
+    # one's: A does not have those torrents at all.
+    import libtorrent as lt
+
+    port = int(a.peer.rsplit(":", 1)[1])
+    with lt_session() as probe:
+        handles = {}
+        for package_hash in (public, manifest, named, hashed):
+            atp = lt.parse_magnet_uri(f"magnet:?xt=urn:btmh:1220{hex_of(package_hash)}")
+            atp.save_path = str(tmp_path / "probe")
+            atp.flags &= ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+            handles[package_hash] = probe.add_torrent(atp)
+            handles[package_hash].connect_peer(("127.0.0.1", port))
+        wait_for("the public package's metadata", lambda: handles[public].status().has_metadata)
+        # The same connection attempts, given more time still: nothing for the private ones.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert not any(handles[h].status().has_metadata for h in (manifest, named, hashed))
+            time.sleep(0.1)
+    assert tracker.announces(public)  # A announced what it seeds...
+    for package_hash in (manifest, named, hashed):
+        assert tracker.announces(package_hash) == []  # ...and nothing else
+
+    # B cannot obtain the package that is private by its manifest: nobody seeds it.
+    b = nodes("b", peers=[a.peer], trackers=[tracker.announce_url])
+    missing = b.fetch(manifest, check=False, env={"TREESEED_SWARM_STALL": "2"})
+    assert missing.returncode == 1 and "gave up" in missing.stderr
+    assert cached(b) == set()
+
+    # B's own private setting, by hash: refused before any session exists (no announce of
+    # interest reaches the tracker), however long a stall it would otherwise wait.
+    b.configure(private=[hashed])
+    refused = b.fetch(hashed, check=False, env={"TREESEED_SWARM_STALL": "60"})
+    assert refused.returncode == 1
+    assert f"{hashed} is private (the 'private' setting)" in refused.stderr
+    assert tracker.announces(hashed) == []
+
+    # By name, for a dependency: only its URL is tried, never the swarm.
+    origin = closed_port()
+    b.configure(private=["secret-dep"])
+    app = project(tmp_path / "app", f"http://127.0.0.1:{origin}/secret.tar.gz", named, "secret-dep")
+    failed = b.run("fetch", "--torrent", cwd=app, check=False, env={"TREESEED_SWARM_STALL": "60"})
+    assert failed.returncode == 1 and f"127.0.0.1:{origin}/secret.tar.gz" in failed.stderr
+    assert "swarm: not asked, secret-dep is private" in failed.stderr
+    assert tracker.announces(named) == []
+    # The HTTP side (`treeseed serve` answers 404 for private packages on every endpoint) is
+    # tests/test_serve.py::test_private_packages_are_absent_on_every_endpoint.
+
+
+# =========================================================================== 5. restart
+
+
+def test_restart_resumes_without_rehashing(tmp_path: Path, nodes) -> None:
+    a = nodes("a")
+    package_hash = a.install(rich_tree(tmp_path / "src"))
+    size = a.start_seeder()["packages"][0]["size"]
+    b = nodes("b", peers=[a.peer])
+    b.fetch(package_hash)
+
+    def uploaded() -> int:
+        status = a.status()
+        return status["packages"][0]["uploaded"] if status else 0
+
+    wait_for("the upload to be counted", lambda: uploaded() >= size)
+    before = uploaded()
+    assert a.run("seed", "stop").stdout.startswith("stopped the seeder (pid ")
+    assert a.proc is not None and a.proc.wait(timeout=30) == 0
+    assert (a.cache / "seed" / "resume" / package_hash).is_file()
+    stats = json.loads(a.run("stats", "--json").stdout)
+    assert [(s["hash"], s["uploaded"]) for s in stats] == [(package_hash, before)]
+
+    # Damage the package behind the seeder's back (same sizes). A seeder that re-hashed on
+    # start would notice and stop offering those pieces; this one must not even look.
+    corrupt_in_place(a.package(package_hash) / "big.bin")
+    status = a.start_seeder()
+    [package] = status["packages"]
+    assert package["hash"] == package_hash
+    assert (package["state"], package["pieces"]) == ("seeding", 8)  # 4 + 2 + 1 + 1: all
+    assert package["uploaded"] == before  # the statistics survived the restart
+
+    import libtorrent as lt
+
+    with lt_session() as probe:  # what A tells a peer it has: every piece
+        atp = lt.parse_magnet_uri(f"magnet:?xt=urn:btmh:1220{hex_of(package_hash)}")
+        atp.save_path = str(tmp_path / "probe")
+        # 16 KiB/s: a 256 KiB piece takes 16 s, so no bad piece arrives (and A is not banned
+        # for it) while A's bitfield is read. (An upload-only probe would be dropped by A, an
+        # upload-only seeder; one that wants nothing disconnects as soon as it has the metadata.)
+        atp.download_limit = 16 * 1024
+        atp.flags &= ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+        handle = probe.add_torrent(atp)
+        handle.connect_peer(("127.0.0.1", int(a.peer.rsplit(":", 1)[1])))
+        seeds = wait_for("A's bitfield", lambda: [p for p in handle.get_peer_info()
+                                                   if p.flags & lt.peer_info.seed])
+        assert len(seeds) == 1
+    assert "not seeding" not in a.log.read_text()
+
+
+# =========================================================================== 6. one seeder per cache
+
+
+def test_one_seeder_per_cache_shared_by_other_processes(tmp_path: Path, nodes) -> None:
+    c = nodes("c")  # the swarm: a seeder in another cache with two packages
+    x = c.install(small_tree(tmp_path / "src-x", "x-lib"))
+    y = c.install(small_tree(tmp_path / "src-y", "y-lib"))
+    z = c.install(rich_tree(tmp_path / "src-z"))
+    c.start_seeder()
+
+    a = nodes("a", peers=[c.peer])
+    first = a.detach_seeder()
+    pid = first["pid"]
+    assert a.seeder_info()["pid"] == pid
+
+    again = a.run("seed", check=False)
+    assert again.returncode == 1
+    assert f"a seeder already runs for the cache {a.cache.absolute()} (pid {pid})" in again.stderr
+    detached = a.run("seed", "--detach", check=False)
+    assert detached.returncode == 1 and "a seeder already runs" in detached.stderr
+    shown = a.run("seed", "status")
+    assert shown.stdout.startswith(f"seeder pid {pid} for {a.cache.absolute()}: 0 packages")
+    assert "status page: http://127.0.0.1:" in shown.stdout
+    assert json.loads(a.run("seed", "status", "--json").stdout)["pid"] == pid
+
+    # Fetches in A's cache go through A's seeder. The proof: their own settings no longer name
+    # C (the seeder read its settings when it started), and without a static peer, a DHT or a
+    # tracker, a session of their own could never find it.
+    a.configure(peers=[])
+    for package_hash in (x, y):
+        assert json.loads(a.fetch(package_hash, "--json").stdout)["source"] == "swarm"
+        assert_same_package(c, a, package_hash)
+    assert {p["hash"] for p in a.status()["packages"]} == {x, y}  # and it seeds them at once
+    # Three processes asking for the same package at once: one download, three successes.
+    together = [subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(a.cache),
+                                  "fetch", z, "--torrent"], env=a.env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    for proc in together:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert out.startswith(z)
+    assert_same_package(c, a, z)
+
+    # Without a seeder, a fetch opens a short-lived session of its own, with its own settings.
+    d = nodes("d")
+    lonely = d.fetch(x, check=False, env={"TREESEED_SWARM_STALL": "1"})
+    assert lonely.returncode == 1 and "gave up" in lonely.stderr
+    d.configure(peers=[c.peer])
+    d.fetch(x)
+    assert_same_package(c, d, x)
+    assert d.status() is None and d.seeder_info() is None  # and it left nothing running
+
+    out = a.run("seed", "stop").stdout
+    assert out == f"stopped the seeder (pid {pid})\n"
+    assert not alive(pid)
+    assert a.seeder_info() is None
+    gone = a.run("seed", "status", check=False)
+    assert gone.returncode == 3 and gone.stdout.startswith("no seeder runs for")
+    assert a.run("seed", "stop").stdout == "no seeder was running\n"
+
+    # A seeder killed outright leaves its socket and lock file behind: neither stops the next.
+    pid = a.detach_seeder()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the killed seeder to die", lambda: not alive(pid))
+    assert (a.cache / "seed" / "seeder.json").exists()
+    assert a.run("seed", "status", check=False).returncode == 3
+    assert a.detach_seeder()["pid"] != pid
+
+
+# =========================================================================== 7. the seed delay
+
+
+def test_seed_delay_holds_announces_back(tmp_path: Path, nodes, tracker: RecordingTracker) -> None:
+    a = nodes("a", seed_delay=6, trackers=[tracker.announce_url])
+    package_hash = a.install(small_tree(tmp_path / "src"))
+    first = a.start_seeder()
+    assert first["announcing"] is False and first["seeding"] == 1
+    assert "not announcing yet" in a.run("seed", "status").stdout
+
+    def announced() -> bool:
+        # Read the tracker first: an announce it holds must come from a seeder that says it
+        # announces. (The seeder sets the flag before it adds the tracker.)
+        seen = tracker.announces(package_hash)
+        status = a.status()
+        assert status is not None
+        if seen:
+            assert status["announcing"] is True
+        return bool(seen)
+
+    assert tracker.announces() == []
+    wait_for("the announce after the delay", announced)
+    assert "treeseed: announcing to the swarm" in a.log.read_text()
+
+
+def test_a_fetch_request_ends_the_seed_delay(tmp_path: Path, nodes,
+                                            tracker: RecordingTracker) -> None:
+    a = nodes("a", seed_delay=3600, trackers=[tracker.announce_url])
+    package_hash = a.install(small_tree(tmp_path / "src"))
+    assert a.start_seeder()["announcing"] is False
+    unknown = "bt2-" + hashlib.sha256(b"nobody has this").hexdigest()
+    # The asking process's TREESEED_SWARM_STALL goes with the request: the seeder's own (20 s
+    # by default) would outlast this bound.
+    missing = a.fetch(unknown, check=False, env={"TREESEED_SWARM_STALL": "1"}, timeout=15)
+    assert missing.returncode == 1 and "gave up" in missing.stderr
+    assert a.status()["announcing"] is True
+    wait_for("the seeded package's announce", lambda: tracker.announces(package_hash))
+    assert tracker.announces(unknown)  # the seeder's session looked for it
+
+
+# =========================================================================== 8. statistics
+
+
+def test_stats_count_uploads_and_distinct_peers(tmp_path: Path, nodes) -> None:
+    a = nodes("a")
+    big = a.install(rich_tree(tmp_path / "src-big"))
+    small = a.install(small_tree(tmp_path / "src-small", "small-lib"))
+    a.start_seeder()
+    b = nodes("b", peers=[a.peer])
+    c = nodes("c", peers=[a.peer])
+    b.fetch(big)
+    c.fetch(big)
+    b.fetch(small)
+    sizes = {p["hash"]: p["size"] for p in a.status()["packages"]}
+
+    def counted() -> list[dict] | None:
+        rows = json.loads(a.run("stats", "--json").stdout)
+        by_hash = {r["hash"]: r for r in rows}
+        if (by_hash.get(big, {}).get("peers") == 2 and by_hash.get(small, {}).get("peers") == 1
+                and by_hash[big]["uploaded"] >= 2 * sizes[big]
+                and by_hash[small]["uploaded"] >= sizes[small]):
+            return rows
+        return None
+
+    rows = wait_for("both downloads in the statistics", counted)
+    assert [r["hash"] for r in rows] == [big, small]  # most uploaded first
+    for row in rows:
+        assert row["size"] == sizes[row["hash"]]
+        assert row["copies"] == row["uploaded"] / row["size"]
+        assert isinstance(row["last_served"], float) and row["last_served"] <= time.time()
+    assert rows[0]["copies"] >= 2 and rows[1]["name"] == "small-lib"
+    table = a.run("stats").stdout.splitlines()
+    assert table[0].split() == ["package", "name", "uploaded", "peers", "copies", "last", "served"]
+    assert [line.split()[0] for line in table[1:]] == [big, small]
+    assert [p["hash"] for p in a.status()["packages"]] == [big, small]  # the status page's order
+
+
+# =========================================================================== 9. the race
+
+
+def test_origin_wins_when_the_swarm_has_nobody(tmp_path: Path, nodes) -> None:
+    body, _, package_hash = archive_package(tmp_path)
+    b = nodes("b")
+    down = project(tmp_path / "down", f"http://127.0.0.1:{closed_port()}/pkg-1.0.tar.gz", package_hash)
+    both = b.run("fetch", "--torrent", cwd=down, check=False,
+                 env={"TREESEED_SWARM_STALL": "1", "TREESEED_SWARM_HEAD_START": "0.2"})
+    assert both.returncode == 1
+    assert f"swarm: swarm download of {package_hash} gave up" in both.stderr
+    assert "pkg-1.0.tar.gz" in both.stderr  # every source is named with its reason
+
+    origin = Origin(body)
+    try:
+        app = project(tmp_path / "app", origin.package_url, package_hash)
+        # The head start is longer than the test would wait: the origin can only have started
+        # because the swarm gave up first.
+        result = b.run("fetch", "--torrent", "--json", cwd=app, timeout=25,
+                       env={"TREESEED_SWARM_STALL": "1", "TREESEED_SWARM_HEAD_START": "600"})
+    finally:
+        origin.close()
+    [resolved] = json.loads(result.stdout)
+    assert (resolved["hash"], resolved["url"]) == (package_hash, origin.package_url)
+    assert origin.events == ["start", "done"]
+    assert cached(b) == {package_hash} and leftovers(b) == []
+
+
+def test_swarm_wins_over_a_slow_origin_which_is_cancelled(tmp_path: Path, nodes) -> None:
+    body, archive, package_hash = archive_package(tmp_path)
+    a = nodes("a")
+    assert a.install(archive) == package_hash
+    a.start_seeder()
+    origin = Origin(body, pause=1.0)  # 64 KiB a second: the swarm is far faster
+    b = nodes("b", peers=[a.peer])
+    app = project(tmp_path / "app", origin.package_url, package_hash)
+    # Hold A (SIGSTOP) until the origin download has begun, so the race really is a race:
+    # B's connection waits in A's listen queue, then A answers and wins.
+    assert a.proc is not None
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    fetch = None
+    try:
+        fetch = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(b.cache),
+                                  "fetch", "--torrent", "--json"], cwd=app, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env={**b.env, "TREESEED_SWARM_HEAD_START": "0"})
+        wait_for("the origin download to begin", lambda: origin.events or fetch.poll() is not None)
+        os.kill(a.proc.pid, signal.SIGCONT)
+        out, err = fetch.communicate(timeout=60)
+        assert fetch.returncode == 0, err
+        [resolved] = json.loads(out)
+        assert (resolved["hash"], resolved["url"]) == (package_hash, "swarm")
+        # The origin's one download was cut off when the swarm won, not left to finish.
+        wait_for("the origin to see the client leave", lambda: "aborted" in origin.events, timeout=15)
+        assert origin.events == ["start", "aborted"]
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+        if fetch is not None and fetch.poll() is None:
+            fetch.kill()
+            fetch.communicate(timeout=30)
+        origin.close()
+    assert_same_package(a, b, package_hash)
+    assert leftovers(b) == []
+
+
+def test_poisoned_swarm_falls_back_to_the_origin(tmp_path: Path, nodes) -> None:
+    body, archive, package_hash = archive_package(tmp_path, size=4 * PIECE)
+    a = nodes("a")
+    assert a.install(archive) == package_hash
+    a.start_seeder()
+    # Changed after the seeder started: it serves these bytes as the package's (bad blocks).
+    corrupt_in_place(a.package(package_hash) / "blob.bin")
+    b = nodes("b", peers=[a.peer])
+    origin = Origin(body)
+    try:
+        app = project(tmp_path / "app", origin.package_url, package_hash)
+        result = b.run("fetch", "--torrent", "--json", cwd=app, timeout=60,
+                       env={"TREESEED_SWARM_STALL": "2", "TREESEED_SWARM_HEAD_START": "600"})
+    finally:
+        origin.close()
+    [resolved] = json.loads(result.stdout)
+    assert resolved["url"] == origin.package_url
+    assert origin.events == ["start", "done"]
+    wait_for("A's upload to B to be counted",  # the bad blocks did reach B
+             lambda: a.status()["packages"][0]["uploaded"] > 0)
+    # Only the true package is in B's cache, and it is intact.
+    assert cached(b) == {package_hash} and leftovers(b) == []
+    from treeseed.fetch import hash_path
+
+    assert hash_path(b.package(package_hash), Cache(tmp_path / "scratch"), []).hashes["bt2"] == package_hash
+    blob = (b.package(package_hash) / "blob.bin").read_bytes()
+    assert blob != (a.package(package_hash) / "blob.bin").read_bytes()
+
+
+# =========================================================================== 10. a watching build
+
+
+def test_watching_build_runs_the_seeder_others_use(tmp_path: Path, nodes) -> None:
+    c = nodes("c")
+    x = c.install(small_tree(tmp_path / "src-x", "x-lib"))
+    c.start_seeder()
+    w = nodes("w", peers=[c.peer])
+    root = make_tree(tmp_path / "pkg", {
+        "treeseed.toml": b'[package]\nname = "app"\n',
+        "build.py": b'def build(b):\n    b.step("hello", ["true"], default=True)\n',
+    })
+    err_path = tmp_path / "watch.err"
+    with open(err_path, "wb") as err:
+        build = subprocess.Popen(
+            [sys.executable, "-m", "treeseed", "--cache-dir", str(w.cache), "-C", str(root),
+             "build", "--watch", "--torrent"], stdout=subprocess.DEVNULL, stderr=err,
+            stdin=subprocess.DEVNULL, env=w.env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for("the watch", lambda: "watching for changes" in err_path.read_text()
+                 or build.poll() is not None)
+        assert build.poll() is None, err_path.read_text()
+        status = json.loads(w.run("seed", "status", "--json").stdout)
+        assert status["pid"] == build.pid
+        busy = w.run("seed", check=False)
+        assert busy.returncode == 1 and f"(pid {build.pid})" in busy.stderr
+
+        w.fetch(x)  # through the build's seeder, which then seeds it
+        assert_same_package(c, w, x)
+        wait_for("the build's seeder to seed x", lambda: [p for p in w.status()["packages"]
+                                                        if p["hash"] == x])
+
+        build.send_signal(signal.SIGINT)
+        assert build.wait(timeout=30) == 130
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait(timeout=30)
+    assert "treeseed: watch stopped" in err_path.read_text()
+    assert "Traceback" not in err_path.read_text()
+    assert w.run("seed", "status", check=False).returncode == 3
+    assert w.seeder_info() is None
