@@ -37,6 +37,7 @@ import pytest
 
 from conftest import make_tree, tar_gz
 from httpserver import LoopbackServer, closed_port
+from swarmkit import free_port, snapshot, toml_value, wait_for
 from treeseed.cache import Cache
 from treeseed.hashing.bencode import bdecode, bencode
 from treeseed.ids import hex_of
@@ -44,47 +45,7 @@ from treeseed.ids import hex_of
 PIECE = 256 * 1024
 
 
-# --------------------------------------------------------------------------- ports and waits
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 free for both TCP and UDP (libtorrent listens on both)."""
-    for _ in range(100):
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no free port on 127.0.0.1")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, poll: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
-
-
 # --------------------------------------------------------------------------- caches with settings
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    assert isinstance(value, list)
-    return "[" + ", ".join(json.dumps(v) for v in value) + "]"
 
 
 class Node:
@@ -271,23 +232,6 @@ def small_tree(root: Path, name: str | None = None, private: bool = False, size:
         spec["treeseed.toml"] = (f'[package]\nname = "{name}"\nversion = "1.0.0"\n'
                                  + ("private = true\n" if private else "")).encode()
     return make_tree(root, spec)
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Everything a package is: each path's kind, exec bit, content digest, link target."""
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[rel] = ("dir",)
-            else:
-                out[rel] = ("file", os.access(path, os.X_OK), path.stat().st_size,
-                            hashlib.sha256(path.read_bytes()).hexdigest())
-    return out
 
 
 def assert_same_package(a: Node, b: Node, package_hash: str) -> None:
