@@ -507,9 +507,11 @@ def cmd_config_unset(args: argparse.Namespace) -> int:
     from .config import KEYS, show, unset
 
     removed = unset(args.key)
-    if not _quiet(args):
-        default = show(args.key, KEYS[args.key].default)
+    if not _quiet(args) and args.key in KEYS:
+        default = show(args.key, KEYS[args.key].default) or '""'
         print(f"{args.key} = {default}  (default{'' if removed else '; it was not set'})")
+    elif not _quiet(args):
+        print(f"removed the unknown setting {args.key}")
     return 0
 
 

@@ -136,7 +136,10 @@ def _amount(text: str) -> int:
     m = _AMOUNT.match(text.strip())
     if not m:
         raise ValueError(f"{text!r} is not an amount of bytes per second (e.g. 0, 500k, 2Mi)")
-    return int(float(m[1]) * _UNITS[(m[2] or "").lower()])
+    value = float(m[1]) * _UNITS[(m[2] or "").lower()]
+    if 0 < value < 1:  # would round to 0, which means no limit at all
+        raise ValueError(f"{text!r} is less than one byte per second; 0 means unlimited")
+    return int(value)
 
 
 def _check_count(value: Any) -> int:
@@ -285,7 +288,8 @@ def settings() -> Settings:
     unknown = [k for k, v in raw.items() if k not in KEYS and not isinstance(v, dict)]
     if unknown:
         raise ManifestError(str(path), f"unknown setting {unknown[0]!r}; the settings are: "
-                            f"{', '.join(KEYS)}", key=unknown[0])
+                            f"{', '.join(KEYS)}; remove it with 'treeseed config unset "
+                            f"{unknown[0]}'", key=unknown[0])
     return Settings(values, frozenset(k for k in KEYS if k in raw))
 
 
@@ -308,8 +312,10 @@ def set_value(name: str, text: str) -> Any:
 
 
 def unset(name: str) -> bool:
-    """Remove ``name`` from the file (it falls back to its default); False if it was not set."""
-    key(name)
+    """Remove ``name`` from the file (it falls back to its default); False if it was not set.
+    An unknown name is removed too if the file has it (that is how a misspelt key is fixed)."""
+    if name not in KEYS and name not in load():
+        key(name)
     found = []
 
     def drop(doc: Any) -> None:
