@@ -783,3 +783,93 @@ def test_configured_fetcher_is_stopped_when_it_names_a_cached_package(
     assert survivors({demo.pid}) == set()
     assert demo.read("finished") is None  # it never ran to its end
     assert packages(cache_dir) == {cached["hash"]} and tmp_entries(cache_dir) == []
+
+
+# --------------------------------------------------------------------------- the start-up an unchanged update waits for
+
+
+def _imported(importtime: str) -> set[str]:
+    """Module names in ``python -X importtime`` output."""
+    return {line.rsplit("|", 1)[1].strip() for line in importtime.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+#: What neither process needs to find out that a git dependency is unchanged.
+PIPELINE = {"treeseed.unpack", "treeseed.hashing", "treeseed.package", "treeseed.rules", "tomlkit",
+            "urllib3", "zstandard", "pathspec"}
+
+
+def test_builtin_fetcher_finds_treeseed_by_the_path_it_is_handed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It starts without site (-S) for git and local sources, with this process's sys.path, and
+    with the directory holding treeseed even when only an import hook knew it (an editable
+    install); HTTP(S) keeps site. Run by hand, ``python -m treeseed.fetcher`` still works."""
+    import treeseed
+    from treeseed.fetchers import fetcher_for
+
+    holder = os.path.dirname(os.path.dirname(os.path.abspath(treeseed.__file__)))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != holder])
+    argv = fetcher_for("git+file:///nowhere/repo.git", configured={}).argv
+    assert argv[0] == sys.executable and "-S" in argv[1:argv.index("-c")]
+    web = fetcher_for("https://example.org/a.tar.gz", configured={}).argv
+    assert "-S" not in web[1:web.index("-c")]
+    for cmd in ([*argv[:-1], "--help"], [sys.executable, "-m", "treeseed.fetcher", "--help"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("usage: python -m treeseed.fetcher")
+
+
+@linux_only
+def test_builtin_fetcher_loads_only_the_ref_lookup_before_announcing(tmp_path: Path) -> None:
+    """Up to its ``git-commit`` (where an unchanged dependency is stopped) the fetcher has not
+    read site's .pth files nor imported the pipeline, argparse, json or dataclasses; SIGTERM
+    while it waits for the go-ahead ends it at once."""
+    from treeseed.fetchers import fetcher_for
+
+    commit = make_repo(tmp_path / "repo", V1)
+    argv = fetcher_for(file_url(tmp_path / "repo", "main"), configured={}).argv
+    work = tmp_path / "work"
+    work.mkdir()
+    fifo = work / "hashes"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    log = open(work / "stderr", "w+")  # noqa: SIM115
+    proc = subprocess.Popen([argv[0], "-X", "importtime", *argv[1:]], cwd=work, stdin=subprocess.PIPE,
+                            stderr=log, env={**os.environ, "TREESEED_HASHES": str(fifo)})
+    try:
+        line = b""
+        deadline = time.monotonic() + HOLD
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            if select.select([reader], [], [], 1)[0]:
+                line += os.read(reader, 512)
+        assert line == f"git-commit {commit}\n".encode()
+        proc.send_signal(signal.SIGTERM)  # waiting for "continue" on its stdin
+        assert proc.wait(timeout=HOLD) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(reader)
+    log.seek(0)
+    imported = _imported(log.read())
+    log.close()
+    assert "treeseed.sources.git" in imported
+    assert not imported & (PIPELINE | {"site", "treeseed.fetch", "treeseed.cache", "argparse", "json",
+                                       "dataclasses"})
+    assert not (work / "checkout").exists()  # nothing fetched before the go-ahead
+
+
+def test_unchanged_update_loads_no_pipeline(cache_dir: Path, git_server: GitServer,
+                                            app: dict) -> None:
+    """The cache side of an unchanged update: no unpacking, hashing, manifest writing or HTTP
+    modules, and no thread pool for a single dependency."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "treeseed", "--cache-dir",
+                           str(cache_dir), "-C", str(app["root"]), "update", "tools", "--json"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["changed"] is False
+    assert upload_pack_commands(git_server) == ["ls-refs"]
+    imported = _imported(proc.stderr)
+    assert "treeseed.fetch" in imported
+    assert not imported & (PIPELINE | {"concurrent.futures"})

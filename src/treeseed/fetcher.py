@@ -13,14 +13,16 @@ Progress goes to stdout as ``progress <bytes> <total or ->`` lines; errors to st
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import TreeseedError
+
+# Imported where used, after the first announcement: the pipeline (fetch, unpack, hashing),
+# argparse and json. An unchanged dependency is stopped at its git-commit or archive-sha256,
+# so this program's start-up up to that line is most of what `treeseed update` costs.
 
 PACKAGE_DIR = "package"
 RESULT_FILE = "result.json"
@@ -56,17 +58,24 @@ class Announcer:
 
 def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announcer) -> dict:
     """Fetch ``url`` into ./package, announcing hashes as they become known."""
-    from .fetch import adopt_tree, copy_tree, finish_tree, sha256_file
-    from .hashing import hash_tree
     from .sources import open_source
-    from .unpack import Limits, unpack_archive
 
     work = Path.cwd()
     source = open_source(url)
     got = source.fetch(work, _progress, announce)
+    digest = got.archive_sha256
     if got.kind == "archive":
-        digest = got.archive_sha256 or sha256_file(got.path)
+        if digest is None:  # a local archive, read in place
+            from .fetch import sha256_file
+
+            digest = sha256_file(got.path)
         announce("archive-sha256", digest)
+    # The pipeline only now, after the go-ahead for the early hashes (see the imports above).
+    from .fetch import adopt_tree, copy_tree, finish_tree
+    from .hashing import hash_tree
+    from .unpack import Limits, unpack_archive
+
+    if got.kind == "archive":
         unpacked = unpack_archive(got.path, work / "tree", url, Limits.from_env(max_size),
                                   archive_sha256=digest)
     elif got.kind == "tree":
@@ -127,16 +136,49 @@ def stop_cleanly() -> None:
         os._exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    stop_cleanly()
+def parse_args(argv: Sequence[str]) -> tuple[str, list[str], int | None]:
+    """(URL, formats, max size) from ``URL [--format F ...] [--max-size N]``.
+
+    The command line the cache writes is read by hand: argparse, with the gettext and
+    terminal-size look-ups it makes while building a parser, costs milliseconds of the
+    start-up an unchanged update waits for. Anything else (``--help``, a mistake, another
+    spelling) goes to argparse, for its usual help and messages.
+    """
+    url: str | None = None
+    formats: list[str] = []
+    max_size: int | None = None
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--format" and rest and not rest[0].startswith("-"):
+            formats.append(rest.pop(0))
+        elif arg == "--max-size" and rest and rest[0].isascii() and rest[0].isdigit():
+            max_size = int(rest.pop(0))
+        elif url is None and arg and not arg.startswith("-"):
+            url = arg
+        else:
+            url = None
+            break
+    if url is not None:
+        return url, formats, max_size
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m treeseed.fetcher")
     parser.add_argument("url")
     parser.add_argument("--format", action="append", default=[], dest="formats")
     parser.add_argument("--max-size", type=int)
     args = parser.parse_args(argv)
+    return args.url, args.formats, args.max_size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    stop_cleanly()
+    url, formats, max_size = parse_args(sys.argv[1:] if argv is None else argv)
     announce = Announcer(os.environ.get("TREESEED_HASHES"), sys.stdin)
     try:
-        result = run(args.url, args.formats, args.max_size, announce)
+        result = run(url, formats, max_size, announce)
+        import json
+
         Path(RESULT_FILE).write_text(json.dumps(result), encoding="utf-8")
     except TreeseedError as exc:
         print(f"treeseed: error: {exc}", file=sys.stderr)

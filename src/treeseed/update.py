@@ -10,7 +10,6 @@ tomlkit, keeping the file's comments and layout.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -55,8 +54,13 @@ def update(package_dir: Path, cache: Cache, names: Sequence[str] = (), dry_run: 
         if network:
             raise TreeseedError(f"--offline: cannot re-resolve {', '.join(network)} without the "
                                 "network")
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="treeseed-update") as pool:
-        rows = list(pool.map(lambda dep: _resolve(dep, base, cache.root), deps))
+    if len(deps) <= 1 or jobs <= 1:  # one at a time: no thread pool to import and start
+        rows = [_resolve(dep, base, cache.root) for dep in deps]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(jobs, thread_name_prefix="treeseed-update") as pool:
+            rows = list(pool.map(lambda dep: _resolve(dep, base, cache.root), deps))
     if not dry_run:
         changes = {r.name: r for r in rows if r.changed or _rev_missing(manifest, r)}
         if changes:

@@ -11,11 +11,17 @@ verify, install. New schemes register in :data:`SCHEMES` without touching the pi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, Protocol
 
 from ..errors import FetchError
+
+# The built-in fetcher imports this module on its way to a git ref lookup, which decides
+# whether `treeseed update` has anything to do: no typing or dataclasses (with inspect) here,
+# they would be a third of that start-up. TYPE_CHECKING is typing's, without importing typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal, Protocol
 
 #: Called with (bytes so far, total bytes or None) while a source transfers data.
 ProgressFn = Callable[[int, "int | None"], None]
@@ -24,7 +30,6 @@ ProgressFn = Callable[[int, "int | None"], None]
 AnnounceFn = Callable[[str, str], None]
 
 
-@dataclass
 class Fetched:
     """What a source delivered.
 
@@ -35,20 +40,32 @@ class Fetched:
     ``revision`` is what the source resolved its reference to (a git commit id), if anything.
     """
 
-    kind: Literal["archive", "dir", "tree"]
-    path: Path
-    archive_sha256: str | None = None
-    bytes_transferred: int = 0
-    revision: str | None = None
+    def __init__(self, kind: Literal["archive", "dir", "tree"], path: Path,
+                 archive_sha256: str | None = None, bytes_transferred: int = 0,
+                 revision: str | None = None) -> None:
+        self.kind = kind
+        self.path = path
+        self.archive_sha256 = archive_sha256
+        self.bytes_transferred = bytes_transferred
+        self.revision = revision
+
+    def __repr__(self) -> str:
+        return (f"Fetched({self.kind!r}, {self.path!r}, archive_sha256={self.archive_sha256!r}, "
+                f"bytes_transferred={self.bytes_transferred!r}, revision={self.revision!r})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fetched) and vars(self) == vars(other)
 
 
-class Source(Protocol):
-    url: str
-    #: The URL as recorded in the index: absolute, so it still means something elsewhere.
-    canonical: str
+if TYPE_CHECKING:
 
-    def fetch(self, work: Path, progress: ProgressFn | None = None,
-              announce: AnnounceFn | None = None) -> Fetched: ...
+    class Source(Protocol):
+        url: str
+        #: The URL as recorded in the index: absolute, so it still means something elsewhere.
+        canonical: str
+
+        def fetch(self, work: Path, progress: ProgressFn | None = None,
+                  announce: AnnounceFn | None = None) -> Fetched: ...
 
 
 def open_source(url: str) -> Source:

@@ -23,10 +23,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -69,12 +67,27 @@ _RECEIVING = re.compile(r"Receiving objects:\s+\d+% \(\d+/\d+\), ([\d.]+) (bytes
 _UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
 
-@dataclass(frozen=True)
 class Resolved:
-    """What a ref names on the remote: a commit id, and the full ref to fetch if by name."""
+    """What a ref names on the remote: a commit id, and the full ref to fetch if by name.
 
-    commit: str
-    ref: str | None  # e.g. refs/tags/v1.0; None for a bare commit id
+    This module's classes are plain ones: the fetcher imports it before its first announcement,
+    and dataclasses (with inspect) would cost that start-up more than the rest of its imports.
+    """
+
+    __slots__ = ("commit", "ref")
+
+    def __init__(self, commit: str, ref: str | None) -> None:
+        self.commit = commit
+        self.ref = ref  # e.g. refs/tags/v1.0; None for a bare commit id
+
+    def __repr__(self) -> str:
+        return f"Resolved(commit={self.commit!r}, ref={self.ref!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Resolved) and (self.commit, self.ref) == (other.commit, other.ref)
+
+    def __hash__(self) -> int:
+        return hash((self.commit, self.ref))
 
 
 class GitSource:
@@ -176,6 +189,8 @@ class GitSource:
         # Shallow submodules need servers that hand out any commit by id. Start over, whole.
         self._run([*c, "submodule", "deinit", "--all", "--force", "--quiet"])
         self._discarded += _pack_bytes(tree / ".git" / "modules")
+        import shutil
+
         shutil.rmtree(tree / ".git" / "modules", ignore_errors=True)
         try:
             self._git("submodule update", [*c, *update], progress=True)
@@ -289,12 +304,12 @@ def _env(home: Path | None) -> dict[str, str]:
     return env
 
 
-@dataclass
 class _Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    timed_out: bool = False
+    def __init__(self, returncode: int, stdout: str, stderr: str, timed_out: bool = False) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
 
 
 #: Process groups of git commands now running (see :func:`_run`).
@@ -434,6 +449,8 @@ def _remove_git_dirs(tree: Path) -> None:
 
     git never checks out a tracked entry named ``.git``, so every one found is git's own.
     """
+    import shutil  # here, not at the top: the ref lookup before the first announcement needs none
+
     has_submodules = (tree / ".gitmodules").is_file()
     shutil.rmtree(tree / ".git")
     if not has_submodules:
