@@ -873,3 +873,21 @@ def test_unchanged_update_loads_no_pipeline(cache_dir: Path, git_server: GitServ
     imported = _imported(proc.stderr)
     assert "treeseed.fetch" in imported
     assert not imported & (PIPELINE | {"concurrent.futures"})
+
+
+def test_update_uses_the_root_packages_own_fetchers(tmp_path: Path, cache_dir: Path) -> None:
+    """A scheme configured in the package's own ``[fetchers]`` (not the user's config) serves
+    ``treeseed update`` as it serves ``treeseed fetch``."""
+    demo = Demo(tmp_path, WRITE_PACKAGE)
+    command = demo.config.read_text().split('"demo" = ', 1)[1].strip()
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "treeseed.toml").write_text(
+        f'[package]\nname = "app"\n\n[fetchers]\n"demo" = {command}\n\n'
+        '[dependencies.pkg]\nurl = "demo://pkg"\n')
+    proc = update(cache_dir, root, "--json")  # no TREESEED_CONFIG: only the package names it
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(proc.stdout)
+    assert row["error"] is None and row["changed"] and row["new"].startswith("bt2-")
+    assert demo.read("pid") is not None  # the package's fetcher ran
+    assert f'hash = "{row["new"]}"' in (root / "treeseed.toml").read_text()

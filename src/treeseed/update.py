@@ -47,6 +47,11 @@ def update(package_dir: Path, cache: Cache, names: Sequence[str] = (), dry_run: 
            offline: bool = False, jobs: int = 4) -> list[Update]:
     """Re-resolve the named dependencies (all when none), rewrite the manifest unless dry_run."""
     manifest = load_manifest(package_dir / MANIFEST_NAME)
+    fetchers = None  # None: the user's config alone, read by the fetch itself
+    if manifest.fetchers:  # the root package's own [fetchers] apply, as for `treeseed fetch`
+        from .config import fetchers as configured_fetchers
+
+        fetchers = configured_fetchers(manifest.fetchers)
     deps = _selected(manifest, names)
     base = base_url_of(package_dir)
     if offline:
@@ -55,12 +60,12 @@ def update(package_dir: Path, cache: Cache, names: Sequence[str] = (), dry_run: 
             raise TreeseedError(f"--offline: cannot re-resolve {', '.join(network)} without the "
                                 "network")
     if len(deps) <= 1 or jobs <= 1:  # one at a time: no thread pool to import and start
-        rows = [_resolve(dep, base, cache.root) for dep in deps]
+        rows = [_resolve(dep, base, cache.root, fetchers) for dep in deps]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(jobs, thread_name_prefix="treeseed-update") as pool:
-            rows = list(pool.map(lambda dep: _resolve(dep, base, cache.root), deps))
+            rows = list(pool.map(lambda dep: _resolve(dep, base, cache.root, fetchers), deps))
     if not dry_run:
         changes = {r.name: r for r in rows if r.changed or _rev_missing(manifest, r)}
         if changes:
@@ -76,14 +81,15 @@ def _selected(manifest: Manifest, names: Sequence[str]) -> list[Dependency]:
     return [manifest.dependencies[n] for n in names] if names else list(manifest.dependencies.values())
 
 
-def _resolve(dep: Dependency, base: str, cache_root: Path) -> Update:
+def _resolve(dep: Dependency, base: str, cache_root: Path,
+             fetchers: dict[str, str] | None = None) -> Update:
     """One fetch of the dependency's first URL, with no expected hash."""
     from .fetch import fetch
 
     url = absolute_url(dep.url, base)
     cache = Cache(cache_root)  # one index connection per thread
     try:
-        result = fetch(url, cache)
+        result = fetch(url, cache, fetchers=fetchers)
     except TreeseedError as exc:
         return Update(dep.name, dep.hash, None, None, 0, url, str(exc))
     finally:
