@@ -17,43 +17,34 @@ swarm      torrenting on, the default head start (2 s) in every cache. Each cach
 staggered  the same, but cache i's head start is ``i * --step`` seconds (default 10): cache 0
            goes to the origin at once, the others wait in the swarm.
 
-What gives the swarm a chance. With N caches that start together and share one head start,
-nobody holds the package when the head start ends, so every cache starts its origin download
-at the same instant: the origin sends N copies whatever the head start (a longer one only adds
-its length to the total time), and the swarm cannot help, because a package is seeded only
-once a cache has installed it whole (libtorrent never sees the bytes of an HTTP download).
-The swarm saves origin bytes only when one cache is ahead: its seeder, as soon as it seeds the
-package, connects to its static peers, and the others, still inside their head start,
-download it from that seeder and from each other. Real caches are rarely started in the same
-second; ``staggered`` makes one go first on purpose. Its step must exceed the first cache's
-origin fetch, install and seeding start (about 1.4 s for 300 MB alone here, several seconds
-with 8 fetches and 8 seeders sharing 2 cores: a 6 s step let a second cache reach the origin at
-N = 8). ``peers`` listing every other cache is what connects a new seeder to every waiting
-downloader at once (downloaders that start together connect to each other too, whoever comes
-second). The stall timeout (20 s without progress, ``TREESEED_SWARM_STALL``) must exceed the
-time until the first cache seeds, or a waiting cache gives up on the swarm and goes to the
-origin as well. treeseed itself could break the tie without a per-cache setting: e.g. among
-the peers downloading the same torrent, only the one whose peer id is closest to the
-info-hash goes to the origin when the head start ends, the others wait up to the stall
-timeout; ``staggered`` measures what that would give.
+How one copy is enough. N caches that start together find each other within the head start
+(``peers`` lists every other cache here; the DHT, LSD or a tracker would do the same), and none
+holds the package yet. Each downloader ranks itself and every connected downloader by SHA-256
+of the info-hash and the peer id (``treeseed.swarm.session.origin_rank``; peer ids come with
+the handshake, so no extra message is needed): only the first in rank goes to the origin,
+halfway through the head start, and the others hold their origin download back ("wait") until
+the swarm delivers or stalls (20 s without progress, ``TREESEED_SWARM_STALL``). The first
+cache installs the package, its seeder seeds it, and the others download it from that seeder
+and from each other. A cache with no way to find any peer (no peers, DHT, LSD, trackers or
+mirrors) skips the head start. ``staggered`` (cache i's head start is ``i * --step`` seconds)
+is kept to compare with a deliberate order.
 
-Measured on the 2-core development machine (runs=3, medians; other sessions' processes were
-running beside it):
+Measured on the 2-core development machine (``--modes http,swarm``, runs=3, medians):
 
-      N   http s   swarm s (ratio)   staggered s (ratio)   origin copies http/swarm/staggered
-      1     1.2      3.5 (3.03)         1.4 (1.24)          1.00 / 1.00 / 1.00
-      2     2.1      4.3 (2.03)         4.0 (1.89)          2.00 / 2.00 / 1.00
-      4     4.9      7.3 (1.50)         5.1 (1.04)          4.00 / 4.00 / 1.00
-      8    10.5     12.2 (1.17)         9.4 (0.89)          8.00 / 8.00 / 1.00
+      N   http s   swarm s (ratio)   origin copies http / swarm   caches served by the swarm
+      1     1.1      2.4 (2.17)          1.00 / 1.00                 0 of 1
+      2     1.8      4.0 (2.19)          2.00 / 1.00                 1 of 2
+      4     4.8      6.1 (1.27)          4.00 / 1.00                 3 of 4
+      8     9.7      9.8 (1.02)          8.00 / 1.00                 7 of 8
 
-So: with one shared head start the target (origin near one copy) is never met; staggered, it
-is met for every N, and the time target (no worse than HTTP) at N = 8, nearly at N = 4, not at
-N = 2, where the swarm copy starts only after the first cache has fetched, unpacked, hashed and
-installed the whole package (the two steps run one after the other; two HTTP fetches run side
-by side), and each swarm download is checked twice (libtorrent's block hashes, then
-treeseed's own re-hash of the tree). Each fetched tree is checked to be in its cache. The
-package (random bytes, incompressible; 424 files: 4 large, 20 medium, 400 small) is built once
-in bench/.work/swarm/ and reused.
+(N = 1 then took 1.6 s, 1.27x, once a cache with no way to find a peer skipped the head start.)
+The origin target is met for every N. The time target is met only at N = 8. On loopback the
+origin has unlimited bandwidth, so N plain fetches run side by side, while the swarm works
+in sequence: one origin fetch, install and seeding start, and then the swarm copy. Each swarm
+download is also checked twice, once by libtorrent's block hashes and once by treeseed's own
+re-hash of the tree. Each fetched tree is checked to be in its cache. The package is random,
+incompressible bytes in 424 files (4 large, 20 medium, 400 small). It is built once in
+bench/.work/swarm/ and reused.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[th
          delay: float, advice: Callable[[], str] = lambda: "") -> T:
     """Run ``swarm_fetch`` at once and ``origin_fetch`` after ``delay`` seconds unless the
     swarm has finished by then; return the first success, cancel the other. When both fail,
-    :class:`BothFailed` carries both errors. ``advice()`` can move the origin's start: "go"
-    starts it halfway through the head start (we are the downloader elected to fetch from the
+    :class:`BothFailed` carries both errors. ``advice()`` can move the origin's start: "now"
+    starts it at once (no peer can ever be found), "go" halfway through the head start (we are the downloader elected to fetch from the
     origin), "wait" holds it past the head start (the swarm has the data, or another
     downloader fetches from the origin for all of us) until the swarm finishes or stalls."""
     cancel_swarm, cancel_origin = threading.Event(), threading.Event()
@@ -147,7 +147,8 @@ def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[th
             say, elapsed = advice(), time.monotonic() - started
             # "go" counts after half the head start: peers keep connecting for a while, and
             # whoever ranks first among too few of them would go to the origin needlessly.
-            if done or (say == "go" and elapsed >= delay / 2) or (say != "wait" and elapsed >= delay):
+            if (done or say == "now" or (say == "go" and elapsed >= delay / 2)
+                    or (say != "wait" and elapsed >= delay)):
                 break
         if swarm_job in done and swarm_job.exception() is None:
             return swarm_job.result()

@@ -344,7 +344,8 @@ class Swarm:
             time.sleep(_POLL)
 
     def origin_advice(self, handle: lt.torrent_handle, package_hash: str) -> str:
-        """Should this downloader go to the origin? "wait" while a connected peer has any of
+        """Should this downloader go to the origin? "now" when it has no way to find a peer;
+        "wait" while a connected peer has any of
         the package (the swarm can deliver) or another downloader with no data ranks before
         us; "go" at once when peers are connected, none has data and we rank first; "" (no
         peers yet: the head start decides). When N caches want a package at once, only the
@@ -356,9 +357,9 @@ class Swarm:
                 return "wait"
             if origin_rank(package_hash, _pid_bytes(peer.pid)) < mine:
                 return "wait"
-        if peers or not self._can_discover():
-            return "go"  # first in rank, or alone with no way to ever find a peer
-        return ""
+        if not peers and not self._can_discover():
+            return "now"  # no peers and no way to find one: the swarm cannot help
+        return "go" if peers else ""
 
     def _can_discover(self) -> bool:
         st = self.settings
