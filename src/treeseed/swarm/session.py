@@ -179,7 +179,8 @@ class Swarm:
             data = torrents.torrent_file(cache, package_hash)
             ti = lt.torrent_info(data)
             if resume is None:
-                roots = [_root_or_none(ti.files().root(i)) for i in range(ti.files().num_files())]
+                fs = ti.layout()
+                roots = [_root_or_none(fs.root(i)) for i in range(fs.num_files())]
                 resume = torrents.resume_data(cache, package_hash, cache.packages_dir, roots)
             atp = lt.read_resume_data(resume)
             atp.ti = ti
@@ -410,7 +411,7 @@ def _root_or_none(root: object) -> bytes | None:
 def _renamed_into(ti: lt.torrent_info, package_hash: str) -> dict[int, str]:
     """Map each file from ``package/<path>`` (or, for a one-file torrent, ``<path>``) to
     ``<hash>/<path>``, so the package is seeded from ``p/<hash>/`` where the cache keeps it."""
-    fs = ti.files()
+    fs = ti.layout()
     out = {}
     for i in range(fs.num_files()):
         if fs.file_flags(i) & _lt().file_storage.flag_pad_file:
