@@ -180,7 +180,7 @@ def importtime(cmd: list[str], env: dict[str, str], top: int = 20) -> None:
     for self_us, cumulative, name in sorted(extra, reverse=True)[:top]:
         print(f"    {self_us / 1000:7.2f} ms self {cumulative / 1000:7.2f} ms cumulative  {name}")
     print(f"  top {top} by cumulative time:")
-    for self_us, cumulative, name in sorted(extra, key=lambda r: r[1], reverse=True)[:top]:
+    for _self_us, cumulative, name in sorted(extra, key=lambda r: r[1], reverse=True)[:top]:
         print(f"    {cumulative / 1000:7.2f} ms cumulative  {name}")
     heavy = [r[2] for r in extra if r[2].split(".")[0] in HEAVY]
     if heavy:

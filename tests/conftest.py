@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pytest
 

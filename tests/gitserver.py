@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import pytest
@@ -169,7 +169,7 @@ class Request:
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.0: one request per connection, so a reply never needs chunking.
     protocol_version = "HTTP/1.0"
-    server: "_Server"
+    server: _Server
 
     def do_GET(self) -> None:
         self._cgi()
@@ -275,7 +275,7 @@ def _parse_cgi(out: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "GitServer"
+    owner: GitServer
 
 
 class GitServer:

@@ -10,8 +10,8 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tree, run_cli
+
 from treeseed.hashing import hash_tree
 from treeseed.hashing.bencode import bdecode, bencode
 from treeseed.hashing.bt2 import BLOCK_SIZE, PIECE_LENGTH, hash_bytes, magnet, merkle_root

@@ -17,15 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import run_cli, tar_gz
-from httpserver import Reply, Server
-from httpserver import server, servers  # noqa: F401  (the fixtures)
+from httpserver import Reply, Server, server, servers  # noqa: F401  (the fixtures)
 
 ZLIB = "/pkgs/zlib-1.0.tar.gz"
 LAME = "/pkgs/lame-1.0.tar.gz"

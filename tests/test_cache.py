@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tree, run_cli
+
 from treeseed.cache import Cache
 from treeseed.fetch import hash_path
 

@@ -16,7 +16,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tree, run_cli
 
 TREE_KEYS = {"bt2", "zig", "nar", "git", "swhid", "files", "bytes"}

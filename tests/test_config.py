@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from treeseed import cli
 
 HASH = "bt2-" + "ab" * 32

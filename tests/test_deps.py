@@ -17,10 +17,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, run_on_terminal, tar_gz
-from httpserver import Reply, Server, closed_port
-from httpserver import server, servers  # noqa: F401  (the fixtures)
+from httpserver import Reply, Server, closed_port, server, servers  # noqa: F401  (the fixtures)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -494,7 +492,7 @@ def only_insertions(old: str, new: str) -> str:
     """Assert ``new`` is ``old`` with lines inserted (nothing else changed); return them."""
     a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
     inserted = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
         assert op in ("equal", "insert"), "".join(difflib.unified_diff(a, b))
         if op == "insert":
             inserted += b[j1:j2]

@@ -38,15 +38,15 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import make_tree, run_cli
-from gitserver import GitServer, _Handler as GitHandler, _v2_command, file_url, git_server, make_repo  # noqa: F401
+from gitserver import GitServer, _v2_command, file_url, git_server, make_repo  # noqa: F401
+from gitserver import _Handler as GitHandler
 from httpserver import LoopbackServer, Reply, Server, server, tar_gz_bytes  # noqa: F401
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),

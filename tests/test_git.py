@@ -12,11 +12,10 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import make_tree, run_cli
 from gitserver import GitServer, Submodule, file_url, git, git_server, make_repo  # noqa: F401
 

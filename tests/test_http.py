@@ -16,10 +16,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tree, run_cli, run_on_terminal
-from httpserver import Reply, Server, closed_port, tar_gz_bytes
-from httpserver import server  # noqa: F401  (the fixture)
+from httpserver import (
+    Reply,
+    Server,
+    closed_port,
+    server,  # noqa: F401  (the fixture)
+    tar_gz_bytes,
+)
 
 # --------------------------------------------------------------------------- helpers
 

@@ -159,7 +159,7 @@ def make_project(tmp_path: Path, server: Server, extra: dict[str, str] | None = 
     (root / "build.zig").write_bytes(ROOT_BUILD)
     deps = dep_entry("alpha", server.url("/alpha.tar.gz"), hashes["alpha"]) + dep_entry(
         "beta", server.url("/beta.zip"), hashes["beta"])
-    for name, text in (extra or {}).items():
+    for _name, text in (extra or {}).items():
         deps += text
     (root / "build.zig.zon").write_bytes(manifest("proj", deps=deps, name_literal=root_name))
     return Project(root, server, hashes, archives)

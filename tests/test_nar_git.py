@@ -15,8 +15,8 @@ import random
 import shutil
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

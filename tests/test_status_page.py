@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from swarmkit import Peer, random_package, wait_for
 
 pytest.importorskip("libtorrent", reason="pip install libtorrent (the swarm's BitTorrent engine)")
@@ -122,7 +121,7 @@ COLUMNS = ["package", "name", "size", "peers", "upload rate", "uploaded", "peers
 
 
 def cells(page: dict, package_hash: str) -> dict[str, str]:
-    return dict(zip(COLUMNS, page["rows"][package_hash]))
+    return dict(zip(COLUMNS, page["rows"][package_hash], strict=True))
 
 
 def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import make_tree, tar_gz
 from httpserver import LoopbackServer, closed_port
 from swarmkit import free_port, snapshot, toml_value, wait_for
+
 from treeseed.cache import Cache
 from treeseed.hashing.bencode import bdecode, bencode
 from treeseed.ids import hex_of

@@ -31,10 +31,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tree
-from httpserver import Reply, Server
-from httpserver import server  # noqa: F401  (the fixture)
+from httpserver import (
+    Reply,
+    Server,
+    server,  # noqa: F401  (the fixture)
+)
 from swarmkit import Peer, free_port, random_package, snapshot, wait_for
 
 lt = pytest.importorskip("libtorrent", reason="pip install libtorrent (the swarm's BitTorrent engine)")

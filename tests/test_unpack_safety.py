@@ -25,8 +25,8 @@ import sys
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import zstandard

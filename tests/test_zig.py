@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import io
 import math
 import os
 import random
@@ -599,7 +598,7 @@ def test_manifest_info() -> None:
         },
         .paths = .{ "build.zig", "build.zig.zon", "src" },
         .future_field = .{ .anything = 1 },
-    }""" % fingerprint("demo", 99)
+    }""" % fingerprint("demo", 99)  # noqa: UP031 (ZON braces would all need doubling)
     m = manifest_info(loads(text))
     assert m == ZigManifest(
         name="demo",

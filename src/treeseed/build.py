@@ -23,9 +23,10 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .cache import Cache
 from .deps import Request, Resolver, absolute_url, base_url_of

@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .build import MAX_PASSES, BuildError, OptionError, format_value, parse_value
 from .cache import Cache

@@ -24,9 +24,10 @@ import fcntl
 import os
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import CacheError, TreeseedError
 from .ids import is_bt2
@@ -99,7 +100,7 @@ class Cache:
         self.locks_dir = self.root / "locks"
         self.archives_dir = self.root / "a"
         self.torrents_dir = self.root / "t"
-        self._db: "sqlite3.Connection | None" = None
+        self._db: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ paths and lookups
 
@@ -186,7 +187,7 @@ class Cache:
     # ------------------------------------------------------------------ the index
 
     @property
-    def db(self) -> "sqlite3.Connection":
+    def db(self) -> sqlite3.Connection:
         import sqlite3
 
         if self._db is None:

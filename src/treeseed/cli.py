@@ -13,8 +13,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .errors import TreeseedError
 
@@ -401,9 +401,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .runner import BuildRequest, run
-
-    from .runner import options_help
+    from .runner import BuildRequest, options_help, run
 
     if args.fetch not in (None, "needed", "all"):  # `--fetch player`: a step, not a mode
         args.steps.insert(0, args.fetch)
@@ -457,8 +455,14 @@ class _progress:
         if self._bar is None:
             if (total or done) < self.THRESHOLD:
                 return
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._bar = Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
@@ -479,7 +483,7 @@ def cmd_config_list(args: argparse.Namespace) -> int:
         print(json.dumps({k: current.values[k] for k in KEYS}, indent=2))
         return 0
     print(f"# {config_path()}")
-    for name, spec in KEYS.items():
+    for name in KEYS:
         value = show(name, current.values[name]) or '""'
         origin = "" if name in current.explicit else "  (default)"
         print(f"{name} = {value}{origin}")

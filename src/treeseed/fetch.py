@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .cache import Cache
 from .errors import FetchError, HashMismatch, ManifestError, TreeseedError
@@ -79,7 +80,7 @@ def fetch(
     progress: ProgressFn | None = None,
     check_source: bool = False,
     fetchers: dict[str, str] | None = None,
-    cancel: "threading.Event | None" = None,
+    cancel: threading.Event | None = None,
     keep_archive: bool = False,
 ) -> FetchResult:
     """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
@@ -111,7 +112,7 @@ def _fetch_into(
     url: str, cache: Cache, work: Path, expected: str | None, formats: Sequence[str],
     limits: Limits | None, progress: ProgressFn | None, stop_early: bool,
     fetchers: dict[str, str] | None,
-    cancel: "threading.Event | None" = None, keep_archive: bool = False,
+    cancel: threading.Event | None = None, keep_archive: bool = False,
 ) -> FetchResult:
     """Run the URL's fetcher program in ``work``; stop it the moment it announces a hash of a
     package the cache already has; otherwise verify and install what it delivers."""

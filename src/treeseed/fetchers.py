@@ -25,9 +25,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import FetchError
 
@@ -133,7 +134,7 @@ class FetcherRun:
     progress: Callable[[int, int | None], None] | None = None
     announced: dict[str, str] = field(default_factory=dict)
     #: Set by another thread to stop the fetcher (the swarm won the race for this package).
-    cancel: "threading.Event | None" = None
+    cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
         fifo = self.work / FIFO_NAME

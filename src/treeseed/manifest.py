@@ -48,8 +48,8 @@ class Manifest:
     include: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     build: str | None = None
-    dependencies: dict[str, "Dependency"] = field(default_factory=dict)
-    options: dict[str, "OptionSpec"] = field(default_factory=dict)
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
+    options: dict[str, OptionSpec] = field(default_factory=dict)
     fetchers: dict[str, str] = field(default_factory=dict)
 
     def line_of(self, key: str, table: str | None = None) -> int | None:

@@ -16,9 +16,10 @@ import os
 import posixpath
 import re
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from .errors import BadPackage
 

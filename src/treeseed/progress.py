@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .deps import Events, Resolved
 from .manifest import Dependency
@@ -79,8 +79,7 @@ def _plain(summary: Summary) -> Events:
 
 @contextmanager
 def _live(summary: Summary) -> Iterator[Events]:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), transient=True)

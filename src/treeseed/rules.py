@@ -10,9 +10,9 @@ them. (The Zig hash still leaves ``build.zig.zon`` out when ``.paths`` does, as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import manifest as manifest_mod
 from .manifest import MANIFEST_NAME, ZIG_MANIFEST_NAME, Manifest

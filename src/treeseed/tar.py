@@ -14,8 +14,8 @@ checksum, applies GNU long names (``L``/``K``) and PAX records (``path``, ``link
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .errors import UnpackError
 

@@ -30,9 +30,10 @@ import sys
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from .errors import BadPackage, UnpackError
 from .hashing.bt2 import FileDigest, MerkleHasher
@@ -54,7 +55,7 @@ class Limits:
     max_entries: int = DEFAULT_MAX_ENTRIES
 
     @classmethod
-    def from_env(cls, max_bytes: int | None = None) -> "Limits":
+    def from_env(cls, max_bytes: int | None = None) -> Limits:
         """Limits from ``--max-size`` (passed in) or ``TREESEED_MAX_UNPACK_SIZE``."""
         if max_bytes is None:
             raw = os.environ.get("TREESEED_MAX_UNPACK_SIZE")

@@ -10,9 +10,9 @@ tomlkit, keeping the file's comments and layout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .cache import Cache
 from .deps import NETWORK_SCHEMES, absolute_url, base_url_of
@@ -134,5 +134,5 @@ def table(rows: list[Update]) -> str:
         lines.append((r.name, short(r.old), short(r.new) if not r.error else "-",
                       (r.revision or "-")[:12], human(r.transferred), status))
     widths = [max(len(line[i]) for line in lines) for i in range(5)]
-    return "\n".join("  ".join(col.ljust(w) for col, w in zip(line[:5], widths)) + "  " + line[5]
+    return "\n".join("  ".join(col.ljust(w) for col, w in zip(line[:5], widths, strict=False)) + "  " + line[5]
                      for line in lines).rstrip()

@@ -42,9 +42,10 @@ import bisect
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ManifestError
 
@@ -486,7 +487,7 @@ class _Parser:
                 return EnumLiteral(self.name(name_tok), quoted=name_tok.kind == "qident")
             if nxt.kind == "error":
                 self.advance()
-                self.tok  # raises it
+                self.tok  # noqa: B018 (the property raises the lexer's error)
             raise self.fail_at(nxt.pos, f"expected '{{' or a name after '.', found {nxt.text!r}")
         if kind in ("string", "mlstring", "char", "number"):
             return self.advance().value
@@ -702,7 +703,8 @@ def _dependencies(
             raise fail("expected dependency expression to be a struct", key, line)
         field_lines = getattr(dep, "key_lines", {})
 
-        def dep_fail(problem: str, fld: str | None = None) -> ManifestError:
+        def dep_fail(problem: str, fld: str | None = None, key: str = key,
+                     field_lines: dict = field_lines, line: int | None = line) -> ManifestError:
             return fail(problem, f"{key}.{fld}" if fld else key, field_lines.get(fld or "", line))
 
         info: dict[str, Any] = {"url": None, "path": None, "hash": None, "lazy": False}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Union
 
-Bencodable = Union[int, bytes, str, list["Bencodable"], dict[Union[bytes, str], "Bencodable"]]
+# A runtime alias: "X | Y" cannot hold the string forward references a recursive type needs.
+Bencodable = Union[int, bytes, str, list["Bencodable"], dict[bytes | str, "Bencodable"]]  # noqa: UP007
 
 
 def bencode(value: Bencodable) -> bytes:

@@ -18,8 +18,8 @@ hash costs no second pass over the disk.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from ..ids import PREFIX, hex_of, is_bt2  # noqa: F401  (re-exported: callers use bt2.is_bt2)
 from ..package import Entry, resolve_link

@@ -23,8 +23,9 @@ the trees from those ids without reading any file again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import TreeseedError
 from ..package import Entry

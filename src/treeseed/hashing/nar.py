@@ -34,8 +34,9 @@ import binascii
 import hashlib
 import os
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, TypeAlias, Union
+from typing import Any, TypeAlias, Union
 
 from ..errors import BadPackage, TreeseedError
 from ..package import Entry

@@ -27,9 +27,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from ..errors import ManifestError
 from ..package import Entry

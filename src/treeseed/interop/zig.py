@@ -335,7 +335,7 @@ class ZigFetch:
             while pending:
                 batch = [d for d in pending if _first_time(d, seen)]
                 pending = []
-                for dep, outcome in zip(batch, pool.map(self._resolve, batch)):
+                for dep, outcome in zip(batch, pool.map(self._resolve, batch), strict=True):
                     if isinstance(outcome, str):
                         failures.append(f"  {dep.name}{_via(dep)}, declared at {dep.where}:\n"
                                         f"    {outcome}")
