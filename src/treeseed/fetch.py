@@ -209,11 +209,16 @@ def _install_delivery(
 
 def fetch_timeout() -> float:
     """Seconds a fetcher may run: ``TREESEED_FETCH_TIMEOUT``, default one hour."""
-    raw = os.environ.get("TREESEED_FETCH_TIMEOUT")
+    return env_seconds("TREESEED_FETCH_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name)
     try:
-        return float(raw) if raw else DEFAULT_TIMEOUT
+        return float(raw) if raw else default
     except ValueError:
-        raise TreeseedError(f"TREESEED_FETCH_TIMEOUT={raw!r} is not a number of seconds") from None
+        raise TreeseedError(f"{name}={raw!r} is not a number of seconds") from None
 
 
 @dataclass

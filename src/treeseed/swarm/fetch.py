@@ -12,7 +12,6 @@ first wins and the other is cancelled. A stalled or poisoned swarm simply loses.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..cache import Cache
 from ..errors import FetchError, TreeseedError
-from ..fetch import FetchResult
+from ..fetch import FetchResult, env_seconds
 from ..ids import is_bt2
 
 if TYPE_CHECKING:  # libtorrent is imported only when a session starts
@@ -34,22 +33,14 @@ T = TypeVar("T")
 
 
 def head_start() -> float:
-    raw = os.environ.get("TREESEED_SWARM_HEAD_START")
-    try:
-        return float(raw) if raw else HEAD_START
-    except ValueError:
-        raise TreeseedError(f"TREESEED_SWARM_HEAD_START={raw!r} is not a number of seconds") from None
+    return env_seconds("TREESEED_SWARM_HEAD_START", HEAD_START)
 
 
 def stall_timeout() -> float:
     """Seconds without progress before a swarm download gives up (``TREESEED_SWARM_STALL``)."""
     from .session import DEFAULT_STALL
 
-    raw = os.environ.get("TREESEED_SWARM_STALL")
-    try:
-        return float(raw) if raw else DEFAULT_STALL
-    except ValueError:
-        raise TreeseedError(f"TREESEED_SWARM_STALL={raw!r} is not a number of seconds") from None
+    return env_seconds("TREESEED_SWARM_STALL", DEFAULT_STALL)
 
 
 def from_swarm(cache: Cache, package_hash: str, settings: Settings,
