@@ -177,6 +177,10 @@ class Swarm:
             if package_hash in self.seeding:
                 return self.seeding[package_hash]
             data = torrents.torrent_file(cache, package_hash)
+            if not torrents.total_size(data):
+                raise FetchError("it holds no bytes (only empty files and symlinks): "
+                                 "BitTorrent has nothing to exchange for it; mirrors and origin "
+                                 "URLs still serve it")
             ti = lt.torrent_info(data)
             if resume is None:
                 fs = ti.layout()

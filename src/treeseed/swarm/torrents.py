@@ -162,6 +162,11 @@ def resume_data(cache: Cache, package_hash: str, save_path: Path, file_roots: It
     })
 
 
+def total_size(torrent: bytes) -> int:
+    """Bytes of file content a .torrent describes (libtorrent refuses a torrent of none)."""
+    return sum(_file_sizes(bdecode(torrent)[b"info"]))
+
+
 def _file_sizes(info: dict) -> Iterable[int]:
     """Each regular file's length in an info dict's file tree."""
     stack = [info[b"file tree"]]
