@@ -1029,3 +1029,50 @@ def test_watching_build_runs_the_seeder_others_use(tmp_path: Path, nodes) -> Non
     assert "Traceback" not in err_path.read_text()
     assert w.run("seed", "status", check=False).returncode == 3
     assert w.seeder_info() is None
+
+
+def _watching_build(root: Path, node: Node, err_path: Path) -> subprocess.Popen[bytes]:
+    """``treeseed build --watch --torrent`` in ``root``, its stderr in ``err_path``, running."""
+    with open(err_path, "wb") as err:
+        build = subprocess.Popen(
+            [sys.executable, "-m", "treeseed", "--cache-dir", str(node.cache), "-C", str(root),
+             "build", "--watch", "--torrent"], stdout=subprocess.DEVNULL, stderr=err,
+            stdin=subprocess.DEVNULL, env=node.env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for("the watch", lambda: "watching for changes" in err_path.read_text()
+             or build.poll() is not None)
+    assert build.poll() is None, err_path.read_text()
+    return build
+
+
+def test_the_last_watching_build_keeps_the_cache_seeded(tmp_path: Path, nodes) -> None:
+    """Two watching builds share one seeder; when the one running it stops, the other takes
+    over, and when that one stops too, no seeder is left behind."""
+    w = nodes("w")
+    builds = []
+    try:
+        for name in ("first", "second"):
+            root = make_tree(tmp_path / name, {
+                "treeseed.toml": f'[package]\nname = "{name}"\n'.encode(),
+                "build.py": b'def build(b):\n    b.step("hello", ["true"], default=True)\n',
+            })
+            builds.append(_watching_build(root, w, tmp_path / f"{name}.err"))
+        first, second = builds
+        assert json.loads(w.run("seed", "status", "--json").stdout)["pid"] == first.pid
+
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=30) == 130
+        wait_for("the second build to take the seeder over", lambda: (
+            (p := w.run("seed", "status", "--json", check=False)).returncode == 0
+            and json.loads(p.stdout)["pid"] == second.pid))
+
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=30) == 130
+    finally:
+        for build in builds:
+            if build.poll() is None:
+                build.kill()
+                build.wait(timeout=30)
+    for name in ("first", "second"):
+        assert "Traceback" not in (tmp_path / f"{name}.err").read_text()
+    assert w.run("seed", "status", check=False).returncode == 3

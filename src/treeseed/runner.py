@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,28 +140,14 @@ def _manifest(root: Path) -> Manifest:
 @contextlib.contextmanager
 def _seeding_while_watching(cache: Cache, request: BuildRequest) -> Iterator[None]:
     """A watching build with torrenting on seeds while it watches: it runs this cache's seeder
-    in a thread unless one already runs (then that one serves this build too)."""
-    from .swarm.seeder import Seeder, SeederBusy, SeederClient
+    unless one already runs, and takes over if that one stops (:class:`SeederKeeper`)."""
+    from .swarm.seeder import SeederKeeper
 
-    client = SeederClient.connect(cache)
-    if client is not None:
-        client.close()
-        yield
-        return
     assert request.settings is not None
     log = None if request.quiet else (lambda line: print(f"treeseed: {line}", file=sys.stderr))
-    seeder = Seeder(cache, request.settings, log=log)
-    try:
-        seeder.start()
-    except SeederBusy:  # another process won the race to start one: use it
-        yield
-        return
-    thread = threading.Thread(target=seeder.loop, name="treeseed-seeder", daemon=True)
-    thread.start()
+    keeper = SeederKeeper(cache, request.settings, log)
+    keeper.start()
     try:
         yield
     finally:
-        seeder.stop()
-        thread.join(timeout=30)
-        seeder.shutdown()
-
+        keeper.stop()

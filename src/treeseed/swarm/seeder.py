@@ -379,12 +379,17 @@ class Seeder:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 line = self.rfile.readline(1 << 16)
+                if not line:
+                    return  # a probe: connected to see whether a seeder runs, then closed
                 try:
                     request = json.loads(line)
                 except ValueError:
-                    return self._send({"error": "requests are one JSON object per line"})
-                answer = seeder._answer(request, self._send, self.connection)
-                with contextlib.suppress(OSError):  # a cancelled fetch's asker has gone away
+                    request = None
+                if isinstance(request, dict):
+                    answer = seeder._answer(request, self._send, self.connection)
+                else:
+                    answer = {"error": "requests are one JSON object per line"}
+                with contextlib.suppress(OSError):  # the asker may have gone away
                     self._send(answer)
 
             def _send(self, message: dict) -> None:
@@ -449,6 +454,66 @@ def _peer_key_of(pid: Any, endpoint: Any) -> str:
         return raw
     host, port = endpoint
     return f"{host}:{port}"
+
+
+class SeederKeeper:
+    """Keeps a cache seeded while a watching build runs.
+
+    It runs the seeder in a thread when none runs, and takes over when the seeder it relied on
+    goes away (another watching build that ended). Several watching builds therefore share one
+    seeder, and the last one still running keeps it. A seeder stopped on purpose
+    (`treeseed seed stop`) stays stopped.
+    """
+
+    CHECK_INTERVAL = 2.0
+
+    def __init__(self, cache: Cache, settings: Settings, log: Callable[[str], None] | None) -> None:
+        self.cache = cache
+        self.settings = settings
+        self.log = log
+        self.seeder: Seeder | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="treeseed-seeder", daemon=True)
+
+    def start(self) -> None:
+        self._try_start()  # at once, so the watch's first build already has a seeder
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()  # before reading self.seeder: see _run
+        seeder = self.seeder
+        if seeder is not None:
+            seeder.stop()
+        self._thread.join(timeout=30)
+
+    def _try_start(self) -> bool:
+        client = SeederClient.connect(self.cache)
+        if client is not None:
+            client.close()
+            return False
+        seeder = Seeder(self.cache, self.settings, log=self.log)
+        try:
+            seeder.start()
+        except SeederBusy:
+            return False
+        self.seeder = seeder
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.seeder is None and not self._try_start():
+                self._stop.wait(self.CHECK_INTERVAL)
+                continue
+            seeder = self.seeder
+            assert seeder is not None
+            # stop() sets _stop before it reads self.seeder, and self.seeder was set before
+            # this check: one of the two always sees the other.
+            if not self._stop.is_set():
+                seeder.loop()
+            seeder.shutdown()
+            self.seeder = None
+            if not self._stop.is_set():
+                return  # stopped from outside ('treeseed seed stop'): leave it stopped
 
 
 # --------------------------------------------------------------------------- clients
