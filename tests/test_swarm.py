@@ -1076,3 +1076,22 @@ def test_the_last_watching_build_keeps_the_cache_seeded(tmp_path: Path, nodes) -
     for name in ("first", "second"):
         assert "Traceback" not in (tmp_path / f"{name}.err").read_text()
     assert w.run("seed", "status", check=False).returncode == 3
+
+
+def test_stats_add_what_a_download_uploaded_before_the_package_was_seeded(tmp_path: Path) -> None:
+    """libtorrent's total for the seeding torrent starts at zero: bytes the package's download
+    gave other peers are kept beside it, and both count as uploaded, across reopenings."""
+    from treeseed.swarm.stats import Stats
+
+    store = Stats(tmp_path / "seed")
+    store.record("bt2-a", 100, {"peer-1"})
+    store.record_while_downloading("bt2-a", 50)
+    store.record("bt2-a", 120, {"peer-2"})
+    store.record("bt2-a", 90, set())  # a smaller total (a reset torrent) never lowers the count
+    store.record("bt2-b", 400, {"peer-1"})
+    store.close()
+    store = Stats(tmp_path / "seed")
+    assert store.uploaded("bt2-a") == 170
+    assert [(s.hash, s.uploaded, s.peers) for s in store.all()] == [
+        ("bt2-b", 400, 1), ("bt2-a", 170, 2)]
+    store.close()

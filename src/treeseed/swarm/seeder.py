@@ -278,6 +278,9 @@ class Seeder:
             handles = dict(self.swarm.seeding)
         self._handle_alerts()
         for package_hash, handle in handles.items():
+            while_downloading = self.swarm.take_download_uploads(package_hash)
+            if while_downloading:
+                self.stats.record_while_downloading(package_hash, while_downloading)
             uploaded = handle.status().all_time_upload
             peers = self._served.pop(package_hash, set())
             for peer in handle.get_peer_info():

@@ -150,6 +150,7 @@ class Swarm:
         self.session = lt.session(pack)
         self.lock = threading.RLock()
         self.seeding: dict[str, lt.torrent_handle] = {}
+        self._download_uploads: dict[str, int] = {}
         self._announced = False
         # Alerts are popped in two places: the seeder's loop and a download waiting for its
         # files to reach the disk (_flush). An alert is freed by the next pop_alerts, so every
@@ -276,8 +277,19 @@ class Swarm:
             if not flushed and handle.status().has_metadata:  # without metadata, no storage
                 self._flush(handle, timeout=10)  # no late write may land in the removed work dir
             with self.lock:
+                # What it gave other peers while downloading is lost with the torrent: keep it
+                # for the seeder's statistics (:meth:`take_download_uploads`).
+                uploaded = handle.status().all_time_upload
+                if uploaded:
+                    self._download_uploads[package_hash] = (
+                        self._download_uploads.get(package_hash, 0) + uploaded)
                 self.session.remove_torrent(handle)
         return rebuild_tree(ti, work)
+
+    def take_download_uploads(self, package_hash: str) -> int:
+        """Bytes of ``package_hash`` uploaded by its downloads since last asked."""
+        with self.lock:
+            return self._download_uploads.pop(package_hash, 0)
 
     def _flush(self, handle: lt.torrent_handle, timeout: float = 30.0) -> bool:
         """Wait until every block of ``handle`` is written and its files are closed.

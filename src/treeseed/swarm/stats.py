@@ -16,8 +16,9 @@ from pathlib import Path
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
     hash        TEXT PRIMARY KEY,
-    bytes       INTEGER NOT NULL DEFAULT 0,
-    last_served REAL
+    bytes       INTEGER NOT NULL DEFAULT 0,  -- the seeding torrent's all-time upload
+    last_served REAL,
+    while_downloading INTEGER NOT NULL DEFAULT 0  -- uploaded before it was seeded
 );
 CREATE TABLE IF NOT EXISTS peers (
     hash TEXT NOT NULL,
@@ -62,7 +63,7 @@ class Stats:
         the resume data) and any new peers that received bytes."""
         row = self.db.execute("SELECT bytes FROM uploads WHERE hash = ?", (package_hash,)).fetchone()
         before = row[0] if row else 0
-        if uploaded > before:
+        if uploaded > before:  # libtorrent's total only grows (it persists in the resume data)
             self.db.execute(
                 "INSERT INTO uploads (hash, bytes, last_served) VALUES (?, ?, ?) "
                 "ON CONFLICT(hash) DO UPDATE SET bytes = excluded.bytes, last_served = excluded.last_served",
@@ -71,15 +72,26 @@ class Stats:
             self.db.executemany("INSERT OR IGNORE INTO peers (hash, peer) VALUES (?, ?)",
                                 [(package_hash, p) for p in peers])
 
+    def record_while_downloading(self, package_hash: str, uploaded: int) -> None:
+        """Add bytes uploaded by a download of the package, before it was seeded: they are
+        not in the seeding torrent's own total."""
+        self.db.execute(
+            "INSERT INTO uploads (hash, bytes, last_served, while_downloading) VALUES (?, 0, ?, ?) "
+            "ON CONFLICT(hash) DO UPDATE SET while_downloading = while_downloading + excluded."
+            "while_downloading, last_served = excluded.last_served",
+            (package_hash, time.time(), uploaded))
+
     def uploaded(self, package_hash: str) -> int:
-        row = self.db.execute("SELECT bytes FROM uploads WHERE hash = ?", (package_hash,)).fetchone()
+        row = self.db.execute("SELECT bytes + while_downloading FROM uploads WHERE hash = ?",
+                              (package_hash,)).fetchone()
         return row[0] if row else 0
 
     def all(self) -> list[PackageStats]:
         """Every package that has uploaded anything, most uploaded first."""
         rows = self.db.execute(
-            "SELECT u.hash, u.bytes, (SELECT COUNT(*) FROM peers p WHERE p.hash = u.hash),"
-            " u.last_served FROM uploads u ORDER BY u.bytes DESC, u.hash").fetchall()
+            "SELECT u.hash, u.bytes + u.while_downloading,"
+            " (SELECT COUNT(*) FROM peers p WHERE p.hash = u.hash), u.last_served"
+            " FROM uploads u ORDER BY u.bytes + u.while_downloading DESC, u.hash").fetchall()
         return [PackageStats(*row) for row in rows]
 
     def close(self) -> None:
