@@ -16,7 +16,9 @@ dependency's tree is hashed with Zig's own rules (:mod:`treeseed.hashing.zig`: t
 
 Trees come from treeseed's normal fetch path: first the cache, by the zig hash it recorded the
 first time (an alias of the package's bt2 hash, so the package is seeded and served like any
-other), else :func:`treeseed.fetch.fetch` of the ``.url`` (mirrors, swarm, origin). The walk
+other), then each ``mirrors`` entry by zig hash (``/alias/zig/<hash>``), then
+:func:`treeseed.fetch.fetch` of the ``.url``. The swarm is not asked: it is addressed by bt2
+hash, which a zig hash does not give until the package has been cached once. The walk
 follows each package's own ``build.zig.zon``, breadth first, several packages at a time.
 
 >>> placed = ZigFetch(Cache(), layout_for("0.15", Path("."))).run(Path("."))  # doctest: +SKIP
