@@ -383,3 +383,40 @@ def test_zig_017_builds_from_zig_pkg_with_the_server_down(tmp_path: Path, server
     built = zig("build", cwd=project.root, exe=[ZIG017])
     assert built.returncode == 0, built.stderr
     assert (project.root / "zig-out" / "g.txt").read_text() == "from gamma\n"
+
+
+# --------------------------------------------------------------------------- the swarm
+
+
+def test_with_torrenting_a_package_a_mirror_can_name_comes_from_the_swarm(
+        tmp_path: Path, servers, zig_env: dict[str, str]) -> None:  # noqa: F811
+    """A zig hash is no swarm address, but a ``treeseed serve`` mirror that knows it names the
+    package's bt2 hash (its /alias/zig/ redirect): with torrenting on, the package then comes
+    from a seeding peer. The origin is down and the swarm has a head start longer than the
+    test, so the package cannot come from the mirror's tar or the origin."""
+    from swarmkit import Peer, wait_for
+    from test_serve import Mirror
+
+    origin = servers()
+    project = make_project(tmp_path, origin)
+    a = Peer(tmp_path / "a")
+    for name in project.archives:
+        a.cli("fetch", origin.url(f"/{name}"), "--format", "zig")
+    origin.close()
+    mirror = Mirror(a.cache, tmp_path / "serve.log")
+    b = Peer(tmp_path / "b", peers=[a.address], mirrors=[mirror.url])
+    try:
+        with a.seeding():
+            b.cli("-C", str(project.root), "zig", "fetch", "--zig-version", "0.15", "--torrent",
+                  env={"TREESEED_SWARM_HEAD_START": "600"})
+            wait_for("the seeder to count its uploads", lambda: sum(
+                p["uploaded"] > 0 for p in a.status()["packages"]) == len(project.archives))
+    finally:
+        mirror.stop()
+    # The mirror answered the alias lookups, and (a BEP 19 web seed of the swarm's torrents)
+    # maybe some file ranges; never a package as a tar, the mirror's own way of serving one.
+    requests = [line for line in mirror.logged().splitlines() if '"GET ' in line or '"HEAD ' in line]
+    assert sum("/alias/zig/" in line for line in requests) == len(project.archives), requests
+    assert not [line for line in requests if ".tar " in line], requests
+    assert all(global_dir(zig_env, h).is_dir() for h in project.hashes.values())
+    assert_built(project.root)

@@ -702,6 +702,9 @@ def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.Argum
                    help="Zig 0.16+: the project's package directory (default: zig-pkg)")
     p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
     p.add_argument("--json", action="store_true", help="print what was placed as JSON")
+    p.add_argument("--torrent", dest="torrent", action="store_true", default=None,
+                   help="also look in the swarm (for packages a mirror can name by bt2 hash)")
+    p.add_argument("--no-torrent", dest="torrent", action="store_false")
     p.set_defaults(run=cmd_zig_fetch)
     zig.set_defaults(run=lambda a: zig.print_help() or 2)
 
@@ -725,8 +728,9 @@ def cmd_zig_fetch(args: argparse.Namespace) -> int:
     project = Path.cwd()
     version = detect_version() if args.zig_version == "auto" else args.zig_version
     layout = layout_for(version, project, args.global_cache_dir, args.pkg_dir)
+    current = settings().with_overrides(torrent=getattr(args, "torrent", None))
     job = ZigFetch(_cache(args), layout, args.fetch_mode, _offline(args), args.jobs,
-                   configured_fetchers(), settings().mirrors)
+                   configured_fetchers(), current.mirrors, current)
     placed = job.run(project)
     if args.json:
         print(json.dumps([p.as_json() for p in placed], indent=2))

@@ -123,6 +123,26 @@ def obtain(
         raise AllSourcesFailed(package_hash, reasons) from None
 
 
+def resolve_alias(mirror: str, fmt: str, value: str, timeout: float = 10.0) -> str | None:
+    """The bt2 hash a ``treeseed serve`` mirror knows by another format's hash (its
+    ``/alias/<fmt>/<value>`` redirect), or None. This is how a package known only by its zig
+    hash gets a swarm address."""
+    import re
+    from urllib.parse import quote
+
+    if not mirror.startswith(("http://", "https://")):
+        return None
+    import urllib3
+
+    url = f"{mirror.rstrip('/')}/alias/{quote(fmt, safe='')}/{quote(value, safe='')}"
+    try:
+        reply = urllib3.request("HEAD", url, redirect=False, retries=False, timeout=timeout)
+    except urllib3.exceptions.HTTPError:
+        return None
+    found = re.search(r"/(bt2-[0-9a-f]{64})\.tar$", reply.headers.get("Location", ""))
+    return found[1] if reply.status in (301, 302, 303, 307, 308) and found else None
+
+
 def announce_new(cache: Cache, result: FetchResult, settings: Settings) -> None:
     """With torrenting on, tell this cache's running seeder about a package just installed."""
     if settings.torrent and not result.cached:

@@ -16,9 +16,11 @@ dependency's tree is hashed with Zig's own rules (:mod:`treeseed.hashing.zig`: t
 
 Trees come from treeseed's normal fetch path: first the cache, by the zig hash it recorded the
 first time (an alias of the package's bt2 hash, so the package is seeded and served like any
-other), then each ``mirrors`` entry by zig hash (``/alias/zig/<hash>``), then
-:func:`treeseed.fetch.fetch` of the ``.url``. The swarm is not asked: it is addressed by bt2
-hash, which a zig hash does not give until the package has been cached once. The walk
+other). Then, with torrenting on, the swarm: it is addressed by bt2 hash, which a zig hash
+does not give, but a ``treeseed serve`` mirror that knows the zig hash names it
+(:func:`treeseed.locate.resolve_alias`), and the package is then had like any pinned
+dependency (:func:`treeseed.locate.obtain`: mirrors, ``.url`` and swarm, raced). Then each
+``mirrors`` entry by zig hash (``/alias/zig/<hash>``), then the ``.url``. The walk
 follows each package's own ``build.zig.zon``, breadth first, several packages at a time.
 
 >>> placed = ZigFetch(Cache(), layout_for("0.15", Path("."))).run(Path("."))  # doctest: +SKIP
@@ -41,6 +43,7 @@ from typing import Literal
 
 from .. import zon
 from ..cache import Cache
+from ..config import Settings
 from ..errors import TreeseedError
 from ..hashing import feed_file
 from ..hashing import zig as zighash
@@ -324,6 +327,9 @@ class ZigFetch:
     fetchers: dict[str, str] | None = None
     #: Content-addressed mirrors (the ``mirrors`` setting), asked before the ``.url``.
     mirrors: Sequence[str] = ()
+    #: The user's settings: with torrenting on, a package a mirror can name by bt2 hash is
+    #: also looked for in the swarm (:func:`treeseed.locate.obtain`).
+    settings: Settings | None = None
 
     def run(self, project: Path) -> list[Placed]:
         """Fetch, verify and place every dependency of the project at ``project``."""
@@ -414,11 +420,35 @@ class ZigFetch:
         known = cache.resolve("zig", declared)
         if known:
             yield "the treeseed cache", lambda: (cache.path(known), known)
+        swarm = self._swarm_source(dep, declared, cache)
+        if swarm is not None:
+            yield swarm
         for mirror in self.mirrors:
             url = f"{mirror.rstrip('/')}/alias/zig/{declared}"
             yield url, lambda url=url: self._fetch(url, cache)
         url = _absolute_url(dep)
         yield url, lambda: self._fetch(url, cache)
+
+    def _swarm_source(self, dep: ZigDependency, declared: str, cache: Cache
+                      ) -> tuple[str, Callable[[], tuple[Path, str]]] | None:
+        """With torrenting on: the first mirror that knows the zig hash names the package's
+        bt2 hash, and the package is then had like any pinned dependency (its mirrors, its
+        ``.url`` and the swarm, raced); the Zig hash is still checked afterwards."""
+        from ..locate import obtain, resolve_alias
+
+        settings = self.settings
+        if settings is None or not settings.torrent or self.offline:
+            return None
+        for mirror in self.mirrors:
+            package = resolve_alias(mirror, "zig", declared)
+            if package is not None:
+                def get(package: str = package) -> tuple[Path, str]:
+                    result = obtain(cache, package, [_absolute_url(dep)], settings,
+                                    name=dep.name, fetchers=self.fetchers)
+                    return result.path, result.hash
+
+                return f"the swarm and mirrors, as {package} (named by {mirror})", get
+        return None
 
     def _fetch(self, url: str, cache: Cache) -> tuple[Path, str]:
         from ..deps import NETWORK_SCHEMES
