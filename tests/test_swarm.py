@@ -999,16 +999,8 @@ def test_watching_build_runs_the_seeder_others_use(tmp_path: Path, nodes) -> Non
         "build.py": b'def build(b):\n    b.step("hello", ["true"], default=True)\n',
     })
     err_path = tmp_path / "watch.err"
-    with open(err_path, "wb") as err:
-        build = subprocess.Popen(
-            [sys.executable, "-m", "treeseed", "--cache-dir", str(w.cache), "-C", str(root),
-             "build", "--watch", "--torrent"], stdout=subprocess.DEVNULL, stderr=err,
-            stdin=subprocess.DEVNULL, env=w.env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    build = _watching_build(root, w, err_path)
     try:
-        wait_for("the watch", lambda: "watching for changes" in err_path.read_text()
-                 or build.poll() is not None)
-        assert build.poll() is None, err_path.read_text()
         status = json.loads(w.run("seed", "status", "--json").stdout)
         assert status["pid"] == build.pid
         busy = w.run("seed", check=False)
@@ -1039,9 +1031,14 @@ def _watching_build(root: Path, node: Node, err_path: Path) -> subprocess.Popen[
              "build", "--watch", "--torrent"], stdout=subprocess.DEVNULL, stderr=err,
             stdin=subprocess.DEVNULL, env=node.env,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_for("the watch", lambda: "watching for changes" in err_path.read_text()
-             or build.poll() is not None)
-    assert build.poll() is None, err_path.read_text()
+    try:
+        wait_for("the watch", lambda: "watching for changes" in err_path.read_text()
+                 or build.poll() is not None)
+        assert build.poll() is None, err_path.read_text()
+    except BaseException:
+        build.kill()
+        build.wait(timeout=30)
+        raise
     return build
 
 

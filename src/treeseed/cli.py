@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to listen (default 127.0.0.1:8750; port 0 picks a free one)")
     p.set_defaults(run=cmd_serve)
 
-    _add_interop_parsers(sub, common)
+    _add_interop_parsers(sub, common, torrent)
 
     config = sub.add_parser("config", parents=[common], help="show and change settings")
     xsub = config.add_subparsers(metavar="ACTION")
@@ -326,6 +326,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         result = fetch(absolute[0], cache, progress=progress)
     for mirror in absolute[1:]:  # every URL of a dependency must give the same package
         fetch(mirror, cache, result.hash, check_source=True)
+    from .locate import announce_new
+
+    announce_new(cache, result, _settings(args))  # torrenting on: seeded at once
     url = _manifest_url(args.url, root)
     name = args.name or package_name(result.path, args.url)
     dep = Dependency(name, url, tuple(_manifest_url(m, root) for m in args.mirrors), result.hash,
@@ -686,11 +689,12 @@ def _human(n: int) -> str:
 # ----------------------------------------------------------------------------- zig and nix
 
 
-def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                         torrent: argparse.ArgumentParser) -> None:
     """``treeseed zig ...`` and ``treeseed nix ...``: treeseed as the fetcher for Zig and Nix."""
     zig = sub.add_parser("zig", parents=[common], help="fetch a Zig project's dependencies for zig build")
     zsub = zig.add_subparsers(metavar="ACTION")
-    p = zsub.add_parser("fetch", parents=[common],
+    p = zsub.add_parser("fetch", parents=[common, torrent],
                         help="fetch, verify and place the build.zig.zon dependencies where Zig looks")
     p.add_argument("--fetch", dest="fetch_mode", choices=("needed", "all"), default="needed",
                    help="needed: skip lazy dependencies (default); all: fetch them too")
@@ -702,9 +706,6 @@ def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.Argum
                    help="Zig 0.16+: the project's package directory (default: zig-pkg)")
     p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
     p.add_argument("--json", action="store_true", help="print what was placed as JSON")
-    p.add_argument("--torrent", dest="torrent", action="store_true", default=None,
-                   help="also look in the swarm (for packages a mirror can name by bt2 hash)")
-    p.add_argument("--no-torrent", dest="torrent", action="store_false")
     p.set_defaults(run=cmd_zig_fetch)
     zig.set_defaults(run=lambda a: zig.print_help() or 2)
 

@@ -68,7 +68,7 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
             return client.fetch(package_hash, progress, cancel, on_advice)
     from .session import Swarm
 
-    swarm = Swarm(settings.with_overrides())
+    swarm = Swarm(settings)
     try:
         swarm.start_announcing()  # a fetching session has something to look for: no delay
         return download_and_install(swarm, cache, package_hash, progress, cancel,

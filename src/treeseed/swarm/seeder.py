@@ -91,8 +91,8 @@ class Seeder:
         self._server: socketserver.UnixStreamServer | None = None
         self._peers_seen: dict[str, set[str]] = {}
         self._uploaded: dict[str, int] = {}
-        self._threads: list[threading.Thread] = []
-        self._skipped: set[str] = set()
+        self._skipped: set[str] = set()  # never seeded: private, or refused by libtorrent
+        self._private: set[str] = set()  # of those, the private ones (for status)
         self._served: dict[str, set[str]] = {}  # peers that received blocks since the last tally
         self._saved: set[str] = set()  # packages whose resume data was written since last asked
         self._fetch_locks: dict[str, threading.Lock] = {}  # one download per package at a time
@@ -205,6 +205,7 @@ class Seeder:
         assert self.swarm is not None
         if self.cache.is_private(package_hash, self.settings.private):
             self._skipped.add(package_hash)
+            self._private.add(package_hash)
             return False
         from .session import StillDownloading
 
@@ -369,8 +370,7 @@ class Seeder:
             "dht_nodes": session.dht_nodes, "peers": session.num_peers,
             "upload_rate": session.upload_rate, "download_rate": session.download_rate,
             "packages": packages, "seeding": len(packages), "cache_bytes": size_total,
-            "skipped_private": len([h for h in self._skipped
-                                    if self.cache.is_private(h, self.settings.private)]),
+            "skipped_private": len(self._private),
         }
 
     def _serve_socket(self) -> None:
