@@ -230,7 +230,8 @@ class Build:
             return path
         manifest = _manifest_at(path)
         dep = self._declared(name)
-        sub = Build(path, manifest, self.cache, absolute_url(dep.url, self.base_url),
+        where = f"{self.manifest.path}:{dep.line}" if dep.line else self.manifest.path
+        sub = Build(path, manifest, self.cache, absolute_url(dep.url, self.base_url, where),
                     {k: format_value(v) for k, v in options.items()}, self.listing,
                     f"{self.prefix}{name}:", f"{self.label}/{name}")
         run_script(sub)

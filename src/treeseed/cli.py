@@ -430,9 +430,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _refuse_network(url: str) -> None:
-    from .deps import NETWORK_SCHEMES
+    from .schemes import is_network
 
-    if url.startswith(NETWORK_SCHEMES):
+    if is_network(url):
         raise TreeseedError(f"{url}: --offline forbids the network; use a local path, or a "
                             "package already in the cache")
 

@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from .cache import Cache
-from .errors import TreeseedError
+from .errors import ManifestError, TreeseedError
 from .manifest import MANIFEST_NAME, Dependency, Manifest
 from .manifest import load as load_manifest
+from .schemes import SCHEMES, is_network, scheme_name
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from .config import Settings
-
-NETWORK_SCHEMES = ("http://", "https://", "git+http://", "git+https://")
 
 
 class DependencyError(TreeseedError):
@@ -79,6 +78,13 @@ class Request:
     base: str  # URL the dependency's relative URLs are read against
     parent: str | None  # the package that declares it (None: the root)
     manifest_path: str
+    #: Why its URLs may not be used (the manifest trust rule), or None; a refused request
+    #: fails with this reason and is never fetched, not even from the cache. Decided here, so
+    #: every way a request is made (a manifest, a build script's lazy dependency) obeys it.
+    refused: str | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.refused = _refusal(self.dep, self.base, self.manifest_path)
 
 
 @dataclass
@@ -171,7 +177,10 @@ class Resolver:
 
     def _enqueue(self, task: Request, seen: set[str], pending: list[Request]) -> None:
         """Queue a dependency once: the same hash (or, unpinned, the same URL) is one package."""
-        key = task.dep.hash or "url:" + absolute_url(task.dep.url, task.base)
+        if task.refused:
+            key = f"refused:{task.manifest_path}:{task.dep.name}"
+        else:
+            key = task.dep.hash or "url:" + absolute_url(task.dep.url, task.base)
         if key in seen:
             return
         seen.add(key)
@@ -185,13 +194,15 @@ class Resolver:
         if not manifest_path.is_file():
             return
         child = load_manifest(manifest_path, f"{resolved.name} ({resolved.hash}): {MANIFEST_NAME}")
+        base = resolved.base or resolved.url
         for dep in child.dependencies.values():
             if self._follow_lazy or not dep.lazy:
-                self._enqueue(Request(dep, resolved.base or resolved.url, resolved.name, child.path),
-                              seen, pending)
+                self._enqueue(Request(dep, base, resolved.name, child.path), seen, pending)
 
     def _cached(self, task: Request) -> Resolved | None:
         dep = task.dep
+        if task.refused:
+            return None
         if dep.hash and self.cache.has(dep.hash):
             path = self.cache.path(dep.hash)
             _mark_used(path)
@@ -203,6 +214,8 @@ class Resolver:
         """A pinned dependency comes from wherever its hash can be had (:mod:`treeseed.locate`:
         mirrors, origin URLs, the swarm); an unpinned one from its URLs, the first that works."""
         dep = task.dep
+        if task.refused:
+            raise _AllUrlsFailed([task.refused])
         cache = Cache(self.cache.root)  # one index connection per thread
         try:
             if dep.hash:
@@ -240,7 +253,7 @@ class Resolver:
         reasons: list[str] = []
         for raw in dep.urls:
             url = absolute_url(raw, task.base)
-            if self.offline and url.startswith(NETWORK_SCHEMES):
+            if self.offline and is_network(url):
                 reasons.append(f"{url}: skipped, --offline")
                 continue
             self.events.started(dep, url)
@@ -280,8 +293,17 @@ def _mark_used(path: Path) -> None:
         pass  # a read-only shared cache: gc there is the owner's business
 
 
-def absolute_url(url: str, base: str) -> str:
-    """Read ``url`` relative to ``base`` (a URL or a directory URL ending in '/')."""
+def absolute_url(url: str, base: str, where: str | None = None) -> str:
+    """Read ``url`` relative to ``base`` (a URL or a directory URL ending in '/').
+
+    The manifest trust rule (docs/security.md): a manifest that came from the network (``base``
+    is a network URL) may name only network URLs, or paths relative to it that stay on the
+    same host. Anything on this machine (``~``, an absolute path, ``file://``, ``git+file://``)
+    would let a stranger's package copy local directories into the cache. ``where`` names the
+    manifest line for the error.
+    """
+    if is_network(base):
+        _check_from_network(url, base, where or base)
     if "://" in url:
         return url
     if url.startswith("/"):
@@ -294,8 +316,41 @@ def absolute_url(url: str, base: str) -> str:
     return urljoin(base, url)
 
 
+def _check_from_network(url: str, base: str, where: str) -> None:
+    """Refuse a URL a network manifest may not name (see :func:`absolute_url`)."""
+    from urllib.parse import urlsplit
+
+    rule = ("a manifest fetched from the network may name only http(s):// and git+http(s):// "
+            "URLs, or relative paths that stay on its own host, never anything on this machine")
+    if "://" in url:
+        if scheme_name(url) in SCHEMES and is_network(url):
+            return
+        problem = f"{url!r} is not a network URL"
+    elif url.startswith(("/", "~", "\\")):
+        problem = f"{url!r} names a path on this machine"
+    else:
+        joined, origin = urlsplit(urljoin(base, url)), urlsplit(base)
+        if (joined.scheme, joined.netloc) == (origin.scheme, origin.netloc) and is_network(base):
+            return
+        problem = f"{url!r} leaves {origin.scheme}://{origin.netloc}"
+    raise ManifestError(where, f"{problem}; this manifest came from {base}, and {rule}")
+
+
+def _refusal(dep: Dependency, base: str, manifest_path: str) -> str | None:
+    """Why a fetched manifest may not name ``dep``'s URLs (the trust rule), or None."""
+    where = f"{manifest_path}:{dep.line}" if dep.line else manifest_path
+    try:
+        for url in dep.urls:
+            absolute_url(url, base, where)
+    except ManifestError as exc:
+        return str(exc)
+    return None
+
+
 def _is_network(task: Request) -> bool:
-    return all(absolute_url(u, task.base).startswith(NETWORK_SCHEMES) for u in task.dep.urls)
+    if task.refused:
+        return False
+    return all(is_network(absolute_url(u, task.base)) for u in task.dep.urls)
 
 
 def base_url_of(package_dir: Path) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .cache import Cache
-from .deps import NETWORK_SCHEMES
+from .schemes import is_network
 from .errors import FetchError, TreeseedError
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ def obtain(
     if cache.has(package_hash):
         return _cached(cache, package_hash, "cache", ())
     candidates = [u for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
-                  if not (offline and u.startswith(NETWORK_SCHEMES))]
+                  if not (offline and is_network(u))]
     skipped = [f"{u}: skipped, --offline" for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
-               if offline and u.startswith(NETWORK_SCHEMES)]
+               if offline and is_network(u)]
 
     def from_urls(cancel: threading.Event | None, cache: Cache = cache) -> FetchResult:
         from .fetch import fetch

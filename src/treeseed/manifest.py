@@ -137,13 +137,17 @@ class Dependency:
     lazy: bool = False
     rev: str | None = None
     line: int | None = None
+    #: ``private = true``: the consumer says this dependency must never be looked up in, or
+    #: published to, the swarm (docs/swarm.md, "Private packages").
+    private: bool = False
 
     @property
     def urls(self) -> list[str]:
         return [self.url, *self.mirrors]
 
 
-_DEPENDENCY_KEYS: dict[str, type] = {"url": str, "mirrors": list, "hash": str, "lazy": bool, "rev": str}
+_DEPENDENCY_KEYS: dict[str, type] = {"url": str, "mirrors": list, "hash": str, "lazy": bool, "rev": str,
+                                     "private": bool}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
@@ -171,7 +175,8 @@ def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
                                  "hex digits); 'treeseed update' writes the right one", "hash", where)
         deps[name] = Dependency(name, spec["url"], tuple(mirrors), package_hash,
                                 spec.get("lazy", False), spec.get("rev"),
-                                manifest.line_of(name, "dependencies") or manifest.line_of("url", where))
+                                manifest.line_of(name, "dependencies") or manifest.line_of("url", where),
+                                spec.get("private", False))
     return deps
 
 
@@ -303,6 +308,8 @@ def add_dependency(path: Path, dep: Dependency) -> None:
         entry["rev"] = dep.rev
     if dep.lazy:
         entry["lazy"] = True
+    if dep.private:
+        entry["private"] = True
     doc["dependencies"][dep.name] = entry  # type: ignore[index]
     out = tomlkit.dumps(doc)
     loads(out, str(path))  # never write a manifest treeseed itself could not read back

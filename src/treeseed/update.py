@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Cache
-from .deps import NETWORK_SCHEMES, absolute_url, base_url_of
+from .deps import absolute_url, base_url_of
 from .errors import TreeseedError
 from .manifest import MANIFEST_NAME, Dependency, Manifest
 from .manifest import load as load_manifest
+from .schemes import is_network
 
 
 @dataclass
@@ -55,7 +56,7 @@ def update(package_dir: Path, cache: Cache, names: Sequence[str] = (), dry_run: 
     deps = _selected(manifest, names)
     base = base_url_of(package_dir)
     if offline:
-        network = [d.name for d in deps if absolute_url(d.url, base).startswith(NETWORK_SCHEMES)]
+        network = [d.name for d in deps if is_network(absolute_url(d.url, base))]
         if network:
             raise TreeseedError(f"--offline: cannot re-resolve {', '.join(network)} without the "
                                 "network")

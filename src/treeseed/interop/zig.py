@@ -451,10 +451,10 @@ class ZigFetch:
         return None
 
     def _fetch(self, url: str, cache: Cache) -> tuple[Path, str]:
-        from ..deps import NETWORK_SCHEMES
         from ..fetch import fetch
+        from ..schemes import is_network
 
-        if self.offline and url.startswith(NETWORK_SCHEMES):
+        if self.offline and is_network(url):
             raise TreeseedError(f"{url}: skipped, --offline forbids the network")
         result = fetch(url, cache, fetchers=self.fetchers)
         return result.path, result.hash

@@ -3,7 +3,7 @@
 A :class:`Source` knows how to bring its bytes into a private work directory and says what it
 brought: an archive file (with its SHA-256 when it was computed on the way) or a directory.
 The fetch pipeline (:mod:`treeseed.fetch`) does everything after that: unpack, rules, hash,
-verify, install. New schemes register in :data:`SCHEMES` without touching the pipeline.
+verify, install. New schemes register in :data:`treeseed.schemes.SCHEMES` without touching the pipeline.
 
 >>> src = open_source("https://example.org/zlib-1.3.1.tar.gz")  # doctest: +SKIP
 >>> got = src.fetch(workdir, progress=None)                       # doctest: +SKIP
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-from ..errors import FetchError
 
 # The built-in fetcher imports this module on its way to a git ref lookup, which decides
 # whether `treeseed update` has anything to do: no typing or dataclasses (with inspect) here,
@@ -69,19 +67,7 @@ if TYPE_CHECKING:
 
 
 def open_source(url: str) -> Source:
-    """Pick the source for ``url``: ``http(s)://``, ``file://`` or a plain path."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme.startswith("git+"):
-        from .git import GitSource
+    """Pick the source for ``url`` from the scheme registry (:mod:`treeseed.schemes`)."""
+    from ..schemes import open_source as from_registry
 
-        return GitSource(url)
-    if scheme in ("http", "https"):
-        from .http import HttpSource
-
-        return HttpSource(url)
-    if scheme in ("", "file"):
-        from .local import LocalSource
-
-        return LocalSource(url)
-    raise FetchError(f"{url}: unsupported URL scheme {scheme!r}; treeseed fetches http://, "
-                     "https://, file://, git+https://, git+http://, git+file:// and local paths")
+    return from_registry(url)

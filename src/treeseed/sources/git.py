@@ -44,7 +44,12 @@ CONFIG = {
     "core.hooksPath": os.devnull,  # no hooks, whatever a template installed
     "core.fsmonitor": "false",
     "protocol.version": "2",  # ref filtering in ls-remote; any commit id may be fetched
-    "protocol.file.allow": "always",  # submodules over file:// (off by default since git 2.38.1)
+    # Only these transports, whatever a .gitmodules names (ssh, ext::, ...). file:// is added
+    # for a repository on this machine only (see GitSource._run): a remote repository's
+    # submodules must never read this machine's repositories (docs/security.md).
+    "protocol.allow": "never",
+    "protocol.https.allow": "always",
+    "protocol.http.allow": "always",
     "transfer.unpackLimit": "1",  # keep received packs whole: their size is what was transferred
     "credential.helper": "",
     "gc.auto": "0",
@@ -97,6 +102,8 @@ class GitSource:
         self.url = url
         self.canonical = url
         self.remote, self.ref = split_url(url)
+        #: A repository on this machine: its submodules may be local too (the user named it).
+        self.local = self.remote.lower().startswith("file://")
         self._home: Path | None = None
         self._progress: ProgressFn | None = None
         self._received = 0  # bytes of earlier fetches, for progress across several commands
@@ -146,7 +153,25 @@ class GitSource:
         self._fetch_commit(tree, resolved)
         self._git("checkout", ["-C", str(tree), "checkout", "--quiet", "--detach", resolved.commit])
         if (tree / ".gitmodules").is_file():
+            if not self.local:
+                self._check_submodule_urls(tree)
             self._submodules(tree)
+
+    def _check_submodule_urls(self, tree: Path) -> None:
+        """A remote repository's submodules may live only on the network (http, https) or
+        beside it (a relative URL): refuse the rest by name before git sees them, so the error
+        points at the line to blame rather than at a transport git refused."""
+        listing = self._git("config", ["config", "--file", str(tree / ".gitmodules"),
+                                       "--get-regexp", r"^submodule\..*\.url$"])
+        for line in listing.splitlines():
+            key, _, url = line.partition(" ")
+            if url.startswith(("./", "../")) or url.lower().startswith(("https://", "http://")):
+                continue
+            name = key[len("submodule."):-len(".url")]
+            raise FetchError(f"{self.url}: .gitmodules: submodule {name!r} has url {url!r}; a "
+                             "repository fetched from the network may name only http(s):// "
+                             "submodule URLs or URLs relative to it, never file://, a local "
+                             "path or another transport; nothing was fetched")
 
     def _fetch_commit(self, tree: Path, resolved: Resolved) -> None:
         c = ["-C", str(tree)]
@@ -214,6 +239,8 @@ class GitSource:
         cmd = ["git"]
         for key, value in CONFIG.items():
             cmd += ["-c", f"{key}={value}"]
+        if self.local:
+            cmd += ["-c", "protocol.file.allow=always"]
         cmd += args
         report = self._report if progress and self._progress else None
         try:

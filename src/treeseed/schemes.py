@@ -1,0 +1,102 @@
+"""Every URL scheme treeseed knows, in one table: what it is, and which source reads it.
+
+In the manner of Nix's ``InputScheme``: a scheme says once whether it reaches the network or
+this machine, and which module of :mod:`treeseed.sources` brings its bytes. Everything else
+asks here: ``--offline`` (network schemes are refused), the manifest trust rule (a manifest
+that came from the network may name only network URLs), the fetcher dispatch and the
+sharing rule (packages from local sources are not published by default).
+
+>>> scheme_of("git+https://example.org/r.git#v1").network
+True
+>>> scheme_of("../zlib-1.3.tar.gz").name
+'path'
+
+The built-in fetcher imports this module before its first announcement, so it stays plain:
+no dataclasses, no typing at run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import FetchError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .sources import Source
+
+
+class Scheme:
+    """One URL scheme: its name, whether it reaches the network, the source module that reads
+    it (a module of :mod:`treeseed.sources` and the class in it)."""
+
+    __slots__ = ("name", "network", "module", "cls")
+
+    def __init__(self, name: str, network: bool, module: str, cls: str) -> None:
+        self.name = name
+        self.network = network
+        self.module = module
+        self.cls = cls
+
+    def __repr__(self) -> str:
+        return f"Scheme({self.name!r}, network={self.network})"
+
+
+#: Every scheme, by the text before ``://`` (``path``: a plain path, no ``://``).
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("https", True, "http", "HttpSource"),
+    Scheme("http", True, "http", "HttpSource"),
+    Scheme("git+https", True, "git", "GitSource"),
+    Scheme("git+http", True, "git", "GitSource"),
+    Scheme("file", False, "local", "LocalSource"),
+    Scheme("git+file", False, "git", "GitSource"),
+    Scheme("path", False, "local", "LocalSource"),
+)}
+
+#: What error messages list as supported.
+SUPPORTED = "http://, https://, git+https://, git+http://, file://, git+file:// and local paths"
+
+
+def scheme_name(url: str) -> str:
+    """The text before ``://``, lowercased; ``path`` for a plain path. Configured fetchers
+    (``[fetchers]``) are keyed by this name."""
+    return url.split("://", 1)[0].lower() if "://" in url else "path"
+
+
+def scheme_of(url: str) -> Scheme:
+    """The scheme of ``url``; an unknown one is an error that lists the known ones."""
+    try:
+        return SCHEMES[scheme_name(url)]
+    except KeyError:
+        raise FetchError(f"{url}: unsupported URL scheme {scheme_name(url)!r}; treeseed fetches "
+                         f"{SUPPORTED}, and runs a configured fetcher for any other scheme "
+                         "([fetchers], docs/fetcher-protocol.md)") from None
+
+
+def is_network(url: str) -> bool:
+    """Does ``url`` reach the network? Unknown schemes count as network: whatever a configured
+    fetcher does with them, ``--offline`` and the manifest trust rule must not assume less."""
+    known = SCHEMES.get(scheme_name(url))
+    return known.network if known is not None else True
+
+
+def is_local(url: str) -> bool:
+    """Does ``url`` name something on this machine (a path, ``file://``, ``git+file://``)?"""
+    return not is_network(url)
+
+
+def absolute(url: str) -> str:
+    """A plain path made absolute (``~`` expanded); URLs unchanged. Fetchers run in their
+    own work directories, so a relative path must not reach them."""
+    if "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def open_source(url: str) -> Source:
+    """The source object that reads ``url`` (imports only that source's module)."""
+    import importlib
+
+    scheme = scheme_of(url)
+    module = importlib.import_module(f"treeseed.sources.{scheme.module}")
+    return getattr(module, scheme.cls)(url)
