@@ -31,6 +31,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from treeseed.errors import UnpackError
+from treeseed.unpack import Limits, TreeWriter, unpack_archive
+
 MiB = 1 << 20
 
 # --------------------------------------------------------------------------- archive builders
@@ -295,6 +298,36 @@ def _hardlink_forward(out):
     return members, "hlink", "not an earlier file"
 
 
+def _hardlink_self(out):
+    # Before the fix, materialising this link looped forever.
+    members = [member("ok.txt", b"ok"), member("a", type=tarfile.LNKTYPE, linkname="a")]
+    return members, "'a'", "hard link to itself"
+
+
+def _hardlink_self_spelled(out):
+    members = [member("pkg/ok", b"ok"), member("pkg/a", type=tarfile.LNKTYPE, linkname="./pkg/a/")]
+    return members, "pkg/a", "hard link to itself"
+
+
+def _hardlink_cycle(out):
+    # a -> b, b -> a: the first link names a later entry, so the cycle cannot even be recorded.
+    members = [member("ok.txt", b"ok"), member("a", type=tarfile.LNKTYPE, linkname="b"),
+               member("b", type=tarfile.LNKTYPE, linkname="a")]
+    return members, "'a'", "not an earlier file"
+
+
+def _hardlink_to_dir(out):
+    members = [member("d/", type=tarfile.DIRTYPE, mode=0o755), member("d/f", b"x"),
+               member("h", type=tarfile.LNKTYPE, linkname="d")]
+    return members, "'h'", "not an earlier file"
+
+
+def _hardlink_to_fifo(out):
+    members = [member("ok.txt", b"ok"), member("p", type=tarfile.FIFOTYPE),
+               member("h", type=tarfile.LNKTYPE, linkname="p")]
+    return members, "'h'", "not an earlier file"
+
+
 def _chr(out):
     return [member("ok.txt", b"ok"), member("dev/null", type=tarfile.CHRTYPE)], "dev/null", "device"
 
@@ -392,6 +425,11 @@ TAR_CASES = [
     pytest.param(_hardlink_up, id="hardlink-up"),
     pytest.param(_hardlink_passwd, id="hardlink-etc-passwd"),
     pytest.param(_hardlink_forward, id="hardlink-forward"),
+    pytest.param(_hardlink_self, id="hardlink-self"),
+    pytest.param(_hardlink_self_spelled, id="hardlink-self-spelled"),
+    pytest.param(_hardlink_cycle, id="hardlink-cycle"),
+    pytest.param(_hardlink_to_dir, id="hardlink-to-dir"),
+    pytest.param(_hardlink_to_fifo, id="hardlink-to-fifo"),
     pytest.param(_chr, id="chrdev"),
     pytest.param(_blk, id="blkdev"),
     pytest.param(_fifo, id="fifo"),
@@ -801,6 +839,34 @@ def test_tar_hardlinks_become_copies(tmp_path: Path) -> None:
     assert tree(path) == {"a": ("0o755", 6), "sub": ("dir", 0), "sub/b": ("0o644", 6),
                           "l": ("link", "a"), "l2": ("link", "a")}
     assert (path / "a").stat().st_ino != (path / "sub" / "b").stat().st_ino
+
+
+def test_hardlink_chains_are_recorded_flat(tmp_path: Path) -> None:
+    """Each hard link is recorded pointing straight at the chain's file: finishing costs one
+    step per link (a chain of N links once cost N**2 steps) and cannot loop."""
+    writer = TreeWriter(tmp_path / "tree", "chain.tar", Limits())
+    writer.add_file("pkg/f", False, 5, iter([b"chain"]))
+    writer.add_symlink("pkg/l", "f")
+    previous, previous_link = "pkg/f", "pkg/l"
+    for i in range(300):
+        writer.add_hardlink(f"pkg/h{i}", previous, i % 2 == 0)
+        writer.add_hardlink(f"pkg/s{i}", previous_link, False)
+        previous, previous_link = f"pkg/h{i}", f"pkg/s{i}"
+    assert {target for target, _ in writer.hardlinks.values()} == {"pkg/f", "pkg/l"}
+    result = writer.finish()
+    assert (result.root / "h299").read_bytes() == b"chain"
+    assert os.readlink(result.root / "s299") == "f"
+    assert stat.S_IMODE((result.root / "h298").stat().st_mode) == 0o755
+    assert len(result.entries) == 602
+
+
+def test_repeated_entries_count_against_the_entry_limit(tmp_path: Path) -> None:
+    """A repeated directory entry adds no path but still costs work: it counts."""
+    data = tar_bytes([member("pkg/", type=tarfile.DIRTYPE, mode=0o755)] * 50 + [member("pkg/a", b"a")])
+    archive = write(tmp_path, "dirs.tar", data)
+    with pytest.raises(UnpackError, match="more than 20 "):
+        unpack_archive(archive, tmp_path / "tree", str(archive), Limits(max_entries=20))
+    assert unpack_archive(archive, tmp_path / "tree2", str(archive), Limits(max_entries=200)).entries
 
 
 def _split(data: bytes, parts: int) -> list[bytes]:

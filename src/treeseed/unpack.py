@@ -152,8 +152,20 @@ class TreeWriter:
         self.specials: dict[str, str] = {}
         self._made_dirs: set[str] = {""}
         self.total_bytes = 0
+        self.seen = 0  # every entry offered, repeats included: each costs work, so each counts
 
     # ---- recording entries
+
+    def _tick(self, raw_path: str) -> None:
+        """Count one archive entry against the limit, before any work is done for it.
+
+        Counting distinct paths is not enough: a repeated directory entry is legal and adds no
+        path, so an archive of millions of identical headers would cost time for free.
+        """
+        self.seen += 1
+        if self.seen > self.limits.max_entries:
+            raise UnpackError(self.source, raw_path, f"more than {self.limits.max_entries} entries "
+                              "(repeated entries included): a hostile or broken archive")
 
     def _claim(self, raw_path: str, kind: str) -> str:
         path = self._clean(raw_path)
@@ -203,16 +215,19 @@ class TreeWriter:
         return path
 
     def add_dir(self, raw_path: str) -> None:
+        self._tick(raw_path)
         path = self._clean(raw_path)
         if path:
             self._claim(path, "dir")
 
     def add_special(self, raw_path: str, what: str) -> None:
         """Record a device, fifo or socket: an error unless the package rules exclude it."""
+        self._tick(raw_path)
         path = self._claim(raw_path, "special")
         self.specials[path] = what
 
     def add_symlink(self, raw_path: str, target: str) -> None:
+        self._tick(raw_path)
         path = self._claim(raw_path, "symlink")
         if not target:
             raise UnpackError(self.source, path, "symlink with an empty target")
@@ -223,15 +238,30 @@ class TreeWriter:
         self.links[path] = target
 
     def add_hardlink(self, raw_path: str, raw_target: str, executable: bool) -> None:
+        self._tick(raw_path)
         path = self._claim(raw_path, "hardlink")
         try:
             target = self._clean(raw_target)
         except UnpackError as exc:  # name the link, not just its target
             raise UnpackError(self.source, path, f"hard link to {raw_target!r}: {exc.problem}") from None
-        if self.kinds.get(target) not in ("file", "symlink", "hardlink"):
+        self.hardlinks[path] = (self._hardlink_source(path, raw_target, target), executable)
+
+    def _hardlink_source(self, path: str, raw_target: str, target: str) -> str:
+        """The earlier regular file or symlink a hard link copies, found in one step.
+
+        Each recorded hard link points straight at a file or symlink (a link to a link takes
+        that link's source), so a link to itself, a cycle or a chain that ends nowhere can never
+        be recorded, and :meth:`finish` needs no loop: O(1) per link however long the chain.
+        """
+        if target == path:
+            raise UnpackError(self.source, path, f"hard link to itself ({raw_target!r}): a broken or "
+                              "hostile archive; re-create it, or fetch another release")
+        target = self.hardlinks.get(target, (target, False))[0]
+        if target not in self.files and target not in self.links:
             raise UnpackError(self.source, path, f"hard link to {raw_target!r}, which is not an "
-                              "earlier file of the archive")
-        self.hardlinks[path] = (target, executable)
+                              "earlier file of the archive: a broken or hostile archive; re-create it "
+                              "with the file before its links")
+        return target
 
     def add_file(
         self, raw_path: str, executable: bool, size: int, chunks: Iterator[bytes | memoryview]
@@ -243,6 +273,7 @@ class TreeWriter:
         measured 10-40% slower on a kernel tarball, lost to GIL and futex traffic; the second
         core decompresses instead.
         """
+        self._tick(raw_path)
         path = self._claim(raw_path, "file")
         self._reserve(path, size)
         fs_path = self._prepare(path)
@@ -325,14 +356,20 @@ class TreeWriter:
         return top if self.kinds.get(top) == "dir" else ""
 
     def _materialise_hardlink(self, path: str, target: str, executable: bool) -> None:
-        """A hard link becomes an independent copy: cache entries never share inodes."""
-        while target in self.hardlinks:
-            target = self.hardlinks[target][0]
+        """A hard link becomes an independent copy: cache entries never share inodes.
+
+        ``target`` is already the chain's end (:meth:`_hardlink_source`): no loop here, so no
+        archive can make this spin.
+        """
         if target in self.links:
             self.links[path] = self.links[target]
             self.kinds[path] = "symlink"
             return
-        digest = self.files[target][1]
+        source = self.files.get(target)
+        if source is None:  # unreachable through add_hardlink; refuse rather than trust it
+            raise UnpackError(self.source, path, f"hard link to {target!r}, which is not a file of "
+                              "the archive: a broken or hostile archive; re-create it")
+        digest = source[1]
         self._reserve(path, digest.size)  # every copy counts, or links would dodge the limit
         src = os.path.join(self._dest_b, os.fsencode(target))
         dst = self._prepare(path)
