@@ -282,6 +282,58 @@ def test_ranges_match_the_full_body(tmp_path: Path, serve: Callable[..., Mirror]
         conn.close()
 
 
+HOSTILE_RANGES = [
+    "bytes=" + "9" * 5000 + "-",  # Python's int() refuses more than 4300 digits
+    "bytes=0-" + "9" * 5000,
+    "bytes=-" + "9" * 5000,
+    "bytes=" + "9" * 5000 + "-" + "9" * 5001,
+    "bytes=" + "0" * 5000 + "5-6",  # leading zeros: still position 5
+    "bytes=\u00b2-",  # SUPERSCRIPT TWO: str.isdigit() says yes, int() says no
+    "bytes=1-2-3", "bytes=--5", "bytes=0x10-", "bytes=1e3-", "bytes= - ", "bytes=",
+    "bytes=-1-", "bytes=\t5-\x0b",
+]
+
+
+def test_hostile_ranges_get_a_proper_answer(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
+    """Absurd, overlong or non-ASCII Range values each get a complete answer on the same
+    keep-alive connection (416 with ``Content-Range: bytes */size``, or 206 for the ones that
+    do name bytes): never a dropped connection, and nothing but request lines in the log."""
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["mixed"]))
+    mirror = serve(cache)
+    path = f"/{package_hash}.tar"
+    full = get(mirror, path).body
+    size = len(full)
+    conn = mirror.connect()
+    try:
+        for value in HOSTILE_RANGES:
+            reply = get(mirror, path, {"Range": value}, conn=conn)
+            if value.startswith(("bytes=0-9", "bytes=-9")):  # the whole body, as one range
+                assert (reply.status, reply.body) == (206, full), value[:40]
+                assert reply.headers["content-range"] == f"bytes 0-{size - 1}/{size}"
+            elif value.startswith("bytes=00"):
+                assert (reply.status, reply.body) == (206, full[5:7])
+            else:
+                assert reply.status == 416, value[:40]
+                assert reply.headers["content-range"] == f"bytes */{size}"
+                assert reply.body == b""
+    finally:
+        conn.close()
+    # Bytes http.client would not send: Arabic-Indic digits in UTF-8, a NUL, a stray 0xff.
+    for raw in ("bytes=\u0663-\u0664".encode(), b"bytes=1\x00-2", b"bytes=1-2\xff"):
+        sock = socket.create_connection(("127.0.0.1", mirror.port), timeout=TIMEOUT)
+        try:
+            sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nRange: " + raw
+                         + b"\r\nConnection: close\r\n\r\n")
+            answer = read_to_end(sock)
+            assert answer.startswith((b"HTTP/1.1 416 ", b"HTTP/1.1 400 ")), (raw, answer[:40])
+        finally:
+            sock.close()
+    assert get(mirror, path, {"Range": "bytes=0-0"}).body == full[:1]
+    problems = [line for line in mirror.logged().splitlines() if '"GET ' not in line]
+    assert not problems, problems
+
+
 def test_fetch_by_hash_uses_the_mirrors_setting(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
     """How a LAN or CI client uses a mirror: `treeseed config set mirrors URL`, then a fetch by
     hash alone asks the mirror for `<hash>.tar`."""
@@ -558,6 +610,104 @@ def test_private_packages_are_absent_on_every_endpoint(tmp_path: Path,
     assert get(mirror, f"/{hashes['by-manifest']}.tar").status == 404  # its manifest says so
 
 
+class FileTouches:
+    """Every file the server's threads open, stat or list while recording: ``open`` and
+    ``os.listdir``/``os.scandir`` audit events (which cover builtins.open, os.open and
+    sqlite3), plus a pass-through wrapper around ``os.stat``/``os.lstat``, which raise none."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, quiet_threads: set[str]) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.recording = False
+        self._quiet = quiet_threads  # the test's own client thread, the relist thread
+        sys.addaudithook(self._audit)  # cannot be removed: it does nothing while not recording
+        for name in ("stat", "lstat"):
+            monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
+
+    def _note(self, kind: str, path: object) -> None:
+        if self.recording and threading.current_thread().name not in self._quiet \
+                and isinstance(path, (str, bytes, os.PathLike)):
+            self.events.append((kind, os.fsdecode(path)))
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if event in ("open", "os.listdir", "os.scandir", "sqlite3.connect") and args:
+            self._note(event, args[0])
+
+    def _wrap(self, kind: str, real: Callable[..., os.stat_result]) -> Callable[..., os.stat_result]:
+        def recorded(path: object, *args: object, **kwargs: object) -> os.stat_result:
+            self._note(kind, path)
+            return real(path, *args, **kwargs)
+        return recorded
+
+    def during(self, action: Callable[[], object]) -> list[tuple[str, str]]:
+        self.events = []
+        self.recording = True
+        try:
+            action()
+        finally:
+            self.recording = False
+        return self.events
+
+
+def test_private_and_absent_take_the_same_path(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timing oracle, shown structurally: answering a private package touches exactly the
+    files answering an absent one does (the same stats, in the same order) and nothing below
+    either package's directory; the manifest that makes it private is not read at request time.
+    A public package is the control: its answer does read its directory."""
+    from treeseed.serve import make_server
+
+    cache = tmp_path / "cache"
+    private = add(cache, make_tree(tmp_path / "priv", {
+        "treeseed.toml": b'[package]\nname = "hidden"\nprivate = true\n', "f": b"1\n"}),
+        "--format", "nar")
+    public = add(cache, make_tree(tmp_path / "pub", {"f": b"2\n"}))
+    config = tmp_path / "config.toml"
+    write_config(config, [])
+    monkeypatch.setenv("TREESEED_CONFIG", str(config))
+    nar = quote(Cache(cache).aliases(private)["nar"], safe="")
+    absent_nar = quote("sha256-" + base64.b64encode(bytes(range(32))).decode(), safe="")
+    server = make_server(cache, "127.0.0.1:0", quiet=True, err=io.StringIO())
+    thread = threading.Thread(target=server.serve_forever, name="serve-under-test", daemon=True)
+    thread.start()
+    touches = FileTouches(monkeypatch, {threading.current_thread().name, "treeseed-serve-relist"})
+    port = server.server_address[1]
+
+    def ask(path: str) -> Callable[[], int]:
+        def request() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            finally:
+                conn.close()
+        return request
+
+    try:
+        assert ask("/")() == 200  # warm: the server has listed p/ once
+        for template in ("/{h}.tar", "/{h}.torrent", "/{h}/package/f"):
+            for h in (private, ABSENT):
+                assert ask(template.format(h=h))() == 404
+            seen = {h: touches.during(ask(template.format(h=h))) for h in (private, ABSENT)}
+            for h, events in seen.items():
+                assert not [e for e in events if h in e[1]], (template, events)
+            assert seen[private] == seen[ABSENT], template
+        pairs = {"/alias/nar/{v}": (nar, absent_nar),
+                 "/sha256/{v}": (Cache(cache).aliases(private).get("archive-sha256", "0" * 64),
+                                 "f" * 64)}
+        for template, (of_private, of_nothing) in pairs.items():
+            seen = {v: touches.during(ask(template.format(v=v))) for v in (of_private, of_nothing)}
+            assert not [e for e in seen[of_private] if private in e[1]], seen[of_private]
+            assert seen[of_private] == seen[of_nothing], template
+        control = touches.during(ask(f"/{public}.tar"))
+        assert any(f"{public}" in path for _, path in control), control  # the recorder works
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=TIMEOUT)
+
+
 # --------------------------------------------------------------------------- robustness
 
 
@@ -616,6 +766,14 @@ def raw_get(mirror: Mirror, path: str) -> socket.socket:
     sock.connect(("127.0.0.1", mirror.port))
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by the timeout)."""
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    return data
 
 
 def read_head(sock: socket.socket) -> tuple[int, bytes]:

@@ -42,6 +42,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .cache import Cache
 from .errors import TreeseedError
+from .ids import is_bt2
 from .tarstream import FileSlice, TarLayout
 
 DEFAULT_BIND = "127.0.0.1:8750"
@@ -148,6 +149,98 @@ class Privacy:
             return None
 
 
+def _dir_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when an entry is added to or removed from a directory."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_nlink, st.st_ino)
+
+
+def _manifest_says(package_dir: Path, package_hash: str) -> tuple[str | None, bool]:
+    """(name, private) from the package's own ``treeseed.toml``, read from the tree itself so a
+    stale or rebuilt index can never make a private package public. Unreadable: private."""
+    from .manifest import MANIFEST_NAME, load
+
+    path = package_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None, False
+    try:
+        manifest = load(path, f"{package_hash}: {MANIFEST_NAME}")
+    except (TreeseedError, OSError):
+        return None, True
+    return manifest.name, bool(manifest.private)
+
+
+class PublicPackages:
+    """The set of cached packages that may be served, computed ahead of requests.
+
+    Why a set: deciding at request time meant reading a package's manifest only when the
+    package exists, so a private package's 404 took measurably longer than an absent one's, a
+    timing oracle for what a cache holds. Now every request costs the same two ``stat`` calls
+    (the settings file and ``p/``, whatever the hash) and one set lookup; manifests are read
+    only when ``p/`` or the settings change (and every :data:`RELIST` seconds, in case a change
+    fell within one mtime tick), never for the hash being asked. A package's manifest cannot
+    change under its hash, so each is read once.
+    """
+
+    RELIST = 5.0
+
+    def __init__(self, cache_root: Path, privacy: Privacy) -> None:
+        self._packages_dir = Cache(cache_root).packages_dir
+        self._privacy = privacy
+        self._lock = threading.Lock()
+        self._manifests: dict[str, tuple[str | None, bool]] = {}
+        self._public: frozenset[str] = frozenset()
+        self._computed_for: tuple[object, ...] | None = None
+        self._stop = threading.Event()
+
+    def __contains__(self, package_hash: str) -> bool:
+        return package_hash in self.current()
+
+    def current(self, force: bool = False) -> frozenset[str]:
+        """The public hashes, recomputed first if ``p/`` or the settings changed."""
+        listed = self._privacy.listed()
+        key = (_dir_stamp(self._packages_dir), listed)
+        with self._lock:
+            if force or key != self._computed_for:
+                self._recompute(listed)
+                self._computed_for = key
+            return self._public
+
+    def start(self) -> None:
+        """Relist ``p/`` every :data:`RELIST` seconds on a thread of its own, off the request
+        path: it catches a change that left ``p/``'s mtime as it was (within one tick)."""
+        def relist() -> None:
+            while not self._stop.wait(self.RELIST):
+                self.current(force=True)
+
+        threading.Thread(target=relist, name="treeseed-serve-relist", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _recompute(self, listed: tuple[str, ...] | None) -> None:
+        try:
+            names = os.listdir(self._packages_dir)
+        except OSError:
+            names = []
+        hashes = [n for n in names if is_bt2(n)]
+        self._manifests = {h: self._manifests.get(h) or _manifest_says(self._packages_dir / h, h)
+                           for h in hashes}
+        if listed is None:  # broken settings: nothing goes out
+            self._public = frozenset()
+            return
+        self._public = frozenset(h for h in hashes if self.may_serve(h, listed))
+
+    def may_serve(self, package_hash: str, listed: tuple[str, ...]) -> bool:
+        """The privacy decision, in one place: not private by the ``private`` setting (hash or
+        name) nor by the package's own manifest."""
+        name, private = self._manifests[package_hash]
+        return not private and package_hash not in listed and (name is None or name not in listed)
+
+
 class Mirror:
     """Maps request paths to what the cache holds; knows nothing of sockets (testable alone).
 
@@ -158,13 +251,17 @@ class Mirror:
     def __init__(self, cache_root: Path, privacy: Privacy, log: Callable[[str], None]) -> None:
         self.cache_root = cache_root
         self.privacy = privacy
+        self.packages = PublicPackages(cache_root, privacy)
         self.log = log
         self._layouts: OrderedDict[str, TarLayout] = OrderedDict()
         self._lock = threading.Lock()
 
     def route(self, target: str) -> Resource | Redirect | Text | None:
         """What ``target`` (a request target) names, or None for 404."""
-        path = urlsplit(target).path
+        try:
+            path = urlsplit(target).path
+        except ValueError:  # "//[x": urlsplit refuses a bracketed host it cannot parse
+            return None
         cache = Cache(self.cache_root)
         try:
             return self._route(cache, path)
@@ -188,22 +285,32 @@ class Mirror:
 
     # ---- privacy: the one gate every package-bearing endpoint goes through
 
-    def public(self, cache: Cache, package_hash: str) -> bool:
-        """Is the package in the cache and allowed out? Private ones look exactly absent."""
-        listed = self.privacy.listed()
-        return listed is not None and cache.has(package_hash) \
-            and not cache.is_private(package_hash, listed)
+    def public(self, package_hash: str) -> bool:
+        """Is the package in the cache and allowed out? Private ones look exactly absent, and
+        cost exactly as much to refuse: a lookup in a set made ahead of time, no file read."""
+        return package_hash in self.packages
+
+    def _owner(self, cache: Cache, fmt: str, value: str) -> str | None:
+        """The public package the index knows by ``value`` in ``fmt``. Unlike
+        :meth:`Cache.resolve` this never stats the owner's directory, so an alias of a private
+        package and an unknown alias take the same path."""
+        allowed = self.packages.current()  # first, so a hit and a miss cost the same
+        if not (cache.root / "index.sqlite").exists():
+            return None
+        row = cache.db.execute("SELECT hash FROM aliases WHERE format = ? AND value = ?",
+                               (fmt, value)).fetchone()
+        return row[0] if row is not None and row[0] in allowed else None
 
     # ---- endpoints
 
     def _tar(self, cache: Cache, package_hash: str) -> Resource | None:
-        layout = self.layout(cache, package_hash) if self.public(cache, package_hash) else None
+        layout = self.layout(cache, package_hash) if self.public(package_hash) else None
         if layout is None:
             return None
         return Resource(layout.size, f'"{package_hash}"', "application/x-tar", layout.pieces)
 
     def _torrent(self, cache: Cache, package_hash: str) -> Resource | None:
-        if not self.public(cache, package_hash):
+        if not self.public(package_hash):
             return None
         from .swarm.torrents import torrent_file
 
@@ -217,7 +324,7 @@ class Mirror:
             rel = unquote(quoted, errors="strict")
         except UnicodeDecodeError:
             return None
-        layout = self.layout(cache, package_hash) if self.public(cache, package_hash) else None
+        layout = self.layout(cache, package_hash) if self.public(package_hash) else None
         entry = layout.files.get(rel) if layout is not None else None
         if entry is None:
             return None
@@ -230,8 +337,7 @@ class Mirror:
         hex_digest = digest if len(digest) == 64 else _nix32_to_hex(digest)
         if hex_digest is None:
             return None
-        owner = cache.resolve("archive-sha256", hex_digest)
-        if owner is None or not self.public(cache, owner):
+        if self._owner(cache, "archive-sha256", hex_digest) is None:
             return None
         path = cache.archive_path(hex_digest)
         try:
@@ -248,15 +354,15 @@ class Mirror:
         if fmt not in ALIAS_FORMATS:
             return None
         value = _alias_value(fmt, unquote(quoted))
-        owner = cache.resolve(fmt, value) if value else None
-        if owner is None or not self.public(cache, owner):
+        owner = self._owner(cache, fmt, value) if value else None
+        if owner is None:
             return None
         return Redirect(f"/{owner}.tar")
 
     def _index(self, cache: Cache) -> Text:
         lines = []
         for info in sorted(cache.list(), key=lambda p: p.hash):
-            if self.public(cache, info.hash):
+            if self.public(info.hash):
                 label = " ".join(x for x in (info.name, info.version) if x)
                 lines.append(f"{info.hash}\t{info.size}\t{label}".rstrip())
         head = f"# treeseed mirror: {len(lines)} packages (GET /<hash>.tar, /<hash>.torrent)\n"
@@ -325,10 +431,23 @@ class Unsatisfiable(Exception):
     """The Range names no byte of the resource (or is malformed): answer 416."""
 
 
+_RANGE_SPEC = re.compile(r"[ \t]*([0-9]*)-([0-9]*)[ \t]*")  # ASCII digits only: "²" is no digit
+_HUGE = 1 << 80  # stands for any position past every possible size
+
+
+def _position(digits: str) -> int:
+    """A byte position from ASCII digits. Python refuses int() on very long digit strings
+    (a ValueError that used to drop the connection); any number of more than 24 significant
+    digits is past the end of every resource, so it compares as :data:`_HUGE`."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 24 else _HUGE
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The one byte range ``[start, stop)`` a ``Range`` header asks for, or None to send the
     whole resource (no header, another unit, or several ranges, which RFC 9110 lets a server
-    ignore). A malformed or unsatisfiable ``bytes`` range raises :class:`Unsatisfiable`."""
+    ignore). A malformed or unsatisfiable ``bytes`` range raises :class:`Unsatisfiable`, which
+    RFC 9110 14.2 allows for an invalid ranges-specifier; it never raises anything else."""
     if header is None:
         return None
     unit, sep, spec = header.partition("=")
@@ -336,22 +455,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     if "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first + last).isdigit() or not (first.isdigit() or first == "") \
-            or not (last.isdigit() or last == ""):
+    m = _RANGE_SPEC.fullmatch(spec)
+    if m is None or not (m[1] or m[2]):
         raise Unsatisfiable(header)
-    if first == "":  # suffix: the last N bytes
-        count = int(last)
+    if not m[1]:  # suffix: the last N bytes
+        count = _position(m[2])
         if count == 0 or size == 0:
             raise Unsatisfiable(header)
         return max(0, size - count), size
-    start = int(first)
-    stop = size if last == "" else min(size, int(last) + 1)
-    if last and int(last) < start:
+    start = _position(m[1])
+    last = _position(m[2]) if m[2] else None
+    if (last is not None and last < start) or start >= size:
         raise Unsatisfiable(header)
-    if start >= size:
-        raise Unsatisfiable(header)
-    return start, stop
+    return start, size if last is None else min(size, last + 1)
 
 
 def etag_matches(header: str, etag: str) -> bool:
