@@ -32,6 +32,7 @@ import pytest
 import zstandard
 
 from treeseed.errors import UnpackError
+from treeseed.tar import TarReader
 from treeseed.unpack import Limits, TreeWriter, unpack_archive
 
 MiB = 1 << 20
@@ -406,6 +407,11 @@ def _sparse(out):
     return [(info, b"")], "sparse", "sparse"
 
 
+def _sparse_pax(out):
+    members = [member("ok.txt", b"ok"), member("sparse", b"x", pax={"GNU.sparse.major": "1"})]
+    return members, "sparse", "sparse"
+
+
 TAR_CASES = [
     pytest.param(_dotdot, id="dotdot"),
     pytest.param(_dotdot_inside, id="dotdot-inside"),
@@ -447,6 +453,7 @@ TAR_CASES = [
     pytest.param(_dot_entry, id="dot-component"),
     pytest.param(_root_entry, id="root-entry"),
     pytest.param(_sparse, id="sparse"),
+    pytest.param(_sparse_pax, id="sparse-pax"),
 ]
 
 
@@ -643,6 +650,67 @@ def test_option_beats_env(tmp_path: Path) -> None:
     proc = run(tmp_path / "cache", "fetch", str(archive), "--max-size", "1G",
                env={"TREESEED_MAX_UNPACK_SIZE": "1M"})
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- hostile metadata
+
+
+def tar_with_global(members: list[tuple[tarfile.TarInfo, bytes]], records: dict[str, str]) -> bytes:
+    """A PAX tar whose first header is a global (``g``) header holding ``records``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=records) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if info.size else None)
+    return buf.getvalue()
+
+
+# ~1 MiB of global records (tarfile writes them as one 'g' header), then thousands of
+# identical directory headers: each header used to copy every global record.
+HUGE_GLOBAL = {f"k{i:05d}": "v" for i in range(75_000)}
+
+
+def test_global_pax_header_is_parsed_once_and_not_copied(tmp_path: Path) -> None:
+    data = tar_with_global([member("pkg/", type=tarfile.DIRTYPE, mode=0o755)] * 50
+                           + [member("pkg/a", b"a")], HUGE_GLOBAL)
+    assert data[156:157] == b"g" and 900_000 < len(data) <= 1 << 20  # one global header
+    reader = TarReader(io.BytesIO(data).read, "g.tar")
+    names = [m.name for m in reader.members()]
+    assert names == ["pkg/"] * 50 + ["pkg/a"]
+    # Only the keys treeseed reads survive the parse: nothing left to merge into each member.
+    assert reader.global_pax == {}
+    assert reader.headers == 52
+    assert 900_000 <= reader.meta_bytes < len(data)
+
+
+def test_huge_global_header_and_many_headers_unpack_in_one_pass(tmp_path: Path) -> None:
+    """The brief's hostile archive: it unpacks, to the same package as without the global
+    header (treeseed reads no key from it), in one pass over the headers (HEAD: ~30 s)."""
+    members = [member("pkg/", type=tarfile.DIRTYPE, mode=0o755)] * 3000 + [member("pkg/a", b"a")]
+    hostile = write(tmp_path, "hostile.tgz", gzip.compress(tar_with_global(members, HUGE_GLOBAL)))
+    assert hostile.stat().st_size < 200_000
+    plain = write(tmp_path, "plain.tar", tar_bytes([member("pkg/a", b"a")]))
+    got = run(tmp_path / "cache", "hash", str(hostile))
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == run(tmp_path / "cache", "hash", str(plain)).stdout
+
+
+def test_pax_metadata_is_bounded_over_the_whole_archive(tmp_path: Path) -> None:
+    """Each PAX header is under the 1 MiB per-header limit; together they pass 32 MiB."""
+    members = [member(f"pkg/f{i}", b"x", pax={"comment": "c" * 900_000}) for i in range(40)]
+    archive = write(tmp_path, "meta.tar.gz", gzip.compress(tar_bytes(members), compresslevel=1))
+    line = assert_rejected(tmp_path, archive, "hash", None, "PAX and long-name headers add up to more than")
+    assert str(32 << 20) in line
+    fewer = write(tmp_path, "fewer.tar.gz", gzip.compress(tar_bytes(members[:5]), compresslevel=1))
+    assert run(tmp_path / "cache", "hash", str(fewer)).returncode == 0
+
+
+def test_meta_headers_count_against_the_entry_limit(tmp_path: Path) -> None:
+    """600 files, each behind its own PAX header: 1200 headers."""
+    members = [member(f"pkg/f{i}", b"x", pax={"comment": str(i)}) for i in range(600)]
+    archive = write(tmp_path, "pax.tar", tar_bytes(members))
+    with pytest.raises(UnpackError, match="more than 1000 tar headers"):
+        unpack_archive(archive, tmp_path / "tree", str(archive), Limits(max_entries=1000))
+    assert len(unpack_archive(archive, tmp_path / "ok", str(archive), Limits(max_entries=1300)).entries) == 600
 
 
 # --------------------------------------------------------------------------- hostile zips

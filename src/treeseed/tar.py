@@ -7,12 +7,18 @@ checksum, applies GNU long names (``L``/``K``) and PAX records (``path``, ``link
 ``size``), and yields plain :class:`Member` records. What treeseed does not accept in a package
 (sparse files, multi-volume parts) is an error here, not a silent skip.
 
+Hostile metadata costs linear time at most: every header (meta headers included) counts
+against ``max_headers``, PAX and long-name data count against one budget for the whole archive
+(``max_meta``), and of PAX records only the keys read here are kept, so a global header (``g``)
+of a million records is parsed once and never copied into each member.
+
 >>> for member in read_members(stream.read, source):   # doctest: +SKIP
 ...     data = member.read_chunks()                     # must be consumed before the next member
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +28,13 @@ from .errors import UnpackError
 BLOCK = 512
 CHUNK = 1 << 20
 MAX_META = 1 << 20  # a long name or PAX header larger than this is hostile, not a source tree
+#: All PAX and long-name data of one archive. Real archives hold far less: a per-file PAX
+#: header (GNU tar --posix: mtime, atime, ctime) is ~100 bytes, so this allows ~300,000 of
+#: them, while the worst case (records of 6 bytes) parses in seconds, not hours.
+MAX_META_TOTAL = 32 << 20
+#: Headers of one archive, meta headers and repeated entries included (unpack.Limits passes
+#: its entry limit).
+MAX_HEADERS = 2_000_000
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
 
@@ -31,6 +44,10 @@ KINDS = {
     b"1": "hardlink", b"2": "symlink", b"3": "chardev", b"4": "blockdev", b"5": "dir", b"6": "fifo",
 }
 _META = {b"L", b"K", b"x", b"g"}
+#: The PAX keys treeseed reads; every other record is parsed (to check the header) and dropped.
+_PAX_KEYS = {b"path": "path", b"linkpath": "linkpath", b"size": "size"}
+SPARSE = "GNU.sparse"  # any GNU.sparse.* record is kept under this one key: sparse is refused
+_PAX_LENGTH = re.compile(rb"([0-9]{1,8}) ")  # a record's length; MAX_META has 7 digits
 
 
 @dataclass
@@ -48,13 +65,20 @@ class Member:
 class TarReader:
     """Reads members from ``read`` (a callable like ``file.read``) one after another."""
 
-    def __init__(self, read: Callable[[int], bytes], source: str) -> None:
+    def __init__(self, read: Callable[[int], bytes], source: str, max_headers: int = MAX_HEADERS,
+                 max_meta: int = MAX_META_TOTAL) -> None:
         self._read = read
         self.source = source
         self.offset = 0
         self._pending = 0  # data bytes of the current member not yet read
         self._padding = 0
-        self._global: dict[str, str] = {}
+        self._max_headers = max_headers
+        self._max_meta = max_meta
+        self.headers = 0  # headers read so far, meta headers included
+        self.meta_bytes = 0  # PAX and long-name data read so far
+        #: Records of global (``g``) headers, only the keys in ``_PAX_KEYS`` (and SPARSE): at
+        #: most four, so merging them into each member is O(1) whatever the header held.
+        self.global_pax: dict[str, str] = {}
 
     def _read_exact(self, n: int, what: str) -> bytes:
         data = self._read(n)
@@ -106,6 +130,9 @@ class TarReader:
             self.offset = start + BLOCK
             if block.count(0) == BLOCK:
                 return None  # end-of-archive marker; what follows is padding
+            self.headers += 1  # inline: this runs for every header of a kernel tarball
+            if self.headers > self._max_headers:
+                self._too_many_headers(start)
             fields = _HEADER.unpack(block)
             try:
                 self._check_sum(block, fields[6], start)
@@ -125,10 +152,17 @@ class TarReader:
                 elif typeflag == b"x":
                     pax.update(_pax_records(data, self.source, start))
                 else:
-                    self._global.update(_pax_records(data, self.source, start))
+                    self.global_pax.update(_pax_records(data, self.source, start))
                 continue
-            return self._member(fields, typeflag, size, start, long_name, long_link,
-                                {**self._global, **pax})
+            if self.global_pax:
+                pax = {**self.global_pax, **pax}  # both hold at most four keys
+            return self._member(fields, typeflag, size, start, long_name, long_link, pax)
+
+    def _too_many_headers(self, start: int) -> None:
+        """Every header counts, meta headers and repeated entries too: each costs work."""
+        raise UnpackError(self.source, "", f"more than {self._max_headers} tar headers (at byte "
+                          f"{start}, meta headers and repeated entries included): a hostile or "
+                          "broken archive")
 
     def _member(self, fields: tuple, typeflag: bytes, size: int, start: int,
                 long_name: str | None, long_link: str | None, pax: dict[str, str]) -> Member:
@@ -140,7 +174,7 @@ class TarReader:
                 size = int(pax["size"])
             except ValueError:
                 raise UnpackError(self.source, name, f"bad PAX size {pax['size']!r}") from None
-        if any(key.startswith("GNU.sparse") for key in pax) or typeflag == b"S":
+        if SPARSE in pax or typeflag == b"S":
             raise UnpackError(self.source, name, "sparse files are not supported in packages")
         kind = KINDS.get(typeflag)
         if kind is None:
@@ -156,9 +190,14 @@ class TarReader:
         return Member(name, kind, mode, data_size, linkname, start)
 
     def _meta(self, size: int, typeflag: bytes, start: int) -> bytes:
+        """Read one meta header's data, within the per-header and the whole-archive budget."""
         if size > MAX_META:
             raise UnpackError(self.source, "", f"{typeflag.decode()} header at byte {start} holds "
-                              f"{size} bytes (limit {MAX_META})")
+                              f"{size} bytes (limit {MAX_META}): a hostile or broken archive")
+        self.meta_bytes += size
+        if self.meta_bytes > self._max_meta:
+            raise UnpackError(self.source, "", f"PAX and long-name headers add up to more than "
+                              f"{self._max_meta} bytes by byte {start}: a hostile or broken archive")
         data = self._read_exact(size, "") if size else b""
         pad = -size % BLOCK
         if pad:
@@ -213,21 +252,28 @@ def _ustar_name(fields: tuple) -> str:
 
 
 def _pax_records(data: bytes, source: str, start: int) -> dict[str, str]:
-    """Parse ``"<len> <key>=<value>\\n"`` records; values are UTF-8 (or raw bytes, kept)."""
+    """Parse ``"<len> <key>=<value>\\n"`` records, keeping only the keys treeseed reads.
+
+    Every record is checked (a malformed header is an error), but only ``path``, ``linkpath``
+    and ``size`` are kept (values UTF-8, or raw bytes kept as surrogates), plus one ``SPARSE``
+    marker for any ``GNU.sparse.*`` key: the result has at most four keys whatever the header
+    holds, so nothing downstream can cost more than the parse itself.
+    """
     records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
+    pos, end = 0, len(data)
+    while pos < end:
         if data[pos] == 0:
             break
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise UnpackError(source, "", f"malformed PAX header at byte {start}") from None
-        record = data[space + 1 : pos + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+        match = _PAX_LENGTH.match(data, pos)
+        after = pos + int(match[1]) if match else 0
+        equals = data.find(b"=", match.end(), after) if match and after <= end else -1
+        if equals < 0 or data[after - 1] != 0x0A:
             raise UnpackError(source, "", f"malformed PAX header at byte {start}")
-        key, _, value = record[:-1].partition(b"=")
-        records[key.decode("utf-8", "replace")] = _decode(value)
-        pos += length
+        key = data[match.end():equals]
+        wanted = _PAX_KEYS.get(key)
+        if wanted is not None:
+            records[wanted] = _decode(data[equals + 1:after - 1])
+        elif key.startswith(b"GNU.sparse"):
+            records[SPARSE] = ""
+        pos = after
     return records

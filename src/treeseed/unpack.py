@@ -38,7 +38,7 @@ from typing import BinaryIO
 from .errors import BadPackage, UnpackError
 from .hashing.bt2 import FileDigest, MerkleHasher
 from .package import Entry, check_path
-from .tar import TarReader
+from .tar import MAX_META_TOTAL, TarReader
 
 CHUNK = 1 << 20
 MAX_LINK_TARGET = 4096
@@ -49,10 +49,16 @@ _QUEUE_DEPTH = 16
 
 @dataclass(frozen=True)
 class Limits:
-    """How much an archive may expand to; beyond it the archive is rejected as a bomb."""
+    """How much an archive may expand to; beyond it the archive is rejected as a bomb.
+
+    ``max_entries`` counts every entry offered (repeats included) and, in a tar, every header
+    (PAX and long-name headers included); ``max_meta_bytes`` bounds a tar's PAX and long-name
+    data over the whole archive. Both keep the work an archive can cause linear in its size.
+    """
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_entries: int = DEFAULT_MAX_ENTRIES
+    max_meta_bytes: int = MAX_META_TOTAL
 
     @classmethod
     def from_env(cls, max_bytes: int | None = None) -> Limits:
@@ -681,7 +687,8 @@ def _read_tar(
     limit = limits.max_bytes + limits.max_entries * 1024 + (64 << 20)
     pipe = _Pipe(raw, fmt, source, limit, digest)
     try:
-        _read_tar_members(TarReader(pipe.read, source), writer, source)
+        reader = TarReader(pipe.read, source, limits.max_entries, limits.max_meta_bytes)
+        _read_tar_members(reader, writer, source)
         pipe.drain()
     finally:
         pipe.close()
