@@ -94,9 +94,17 @@ class Node:
 
         cache = Cache(self.cache)
         try:
-            return fetch(str(source), cache).hash
+            package_hash = fetch(str(source), cache).hash
         finally:
             cache.close()
+        self.share(package_hash)
+        return package_hash
+
+    def share(self, package_hash: str) -> None:
+        """Say a package installed from a local path may be published (the ``share``
+        setting): treeseed never publishes such a package on its own."""
+        shared = list(self.settings.get("share", []))  # type: ignore[call-overload]
+        self.configure(share=[*shared, package_hash])
 
     def package(self, package_hash: str) -> Path:
         return self.cache / "p" / package_hash

@@ -14,6 +14,11 @@ are assembled in ``tmp/`` and renamed into ``p/`` in one step, so a crash leaves
 or a whole package; a killed process's work directory is unlocked and gc removes it. The index
 is never trusted over the directories: a row whose directory is gone is ignored (and dropped),
 and a directory without a row is indexed when next seen.
+
+Installed packages are read-only (files 0444 or 0555, directories 0555), so a build step cannot
+change a dependency under every later build that trusts ``p/<hash>`` by its name. Whatever
+re-hashes a cached package and finds it changed calls :meth:`Cache.evict_corrupt`: the entry is
+at fault, not the source it came from, and it is removed so that it is fetched again.
 """
 
 from __future__ import annotations
@@ -57,11 +62,20 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (format, value)
 );
 CREATE INDEX IF NOT EXISTS aliases_by_hash ON aliases(hash);
+CREATE TABLE IF NOT EXISTS marks (
+    hash TEXT NOT NULL,
+    mark TEXT NOT NULL,
+    PRIMARY KEY (hash, mark)
+);
 """
 
 
 #: What :meth:`Cache.verify` says of a hash that is not in the cache at all.
 NOT_CACHED = "not in the cache"
+
+#: Modes of an installed package. Only the owner's executable bit is part of the hash, so these
+#: never change one: scan_tree reads 0555 as executable and 0444 as not, as it read 0755/0644.
+FILE_MODE, EXEC_MODE, DIR_MODE = 0o444, 0o555, 0o555
 
 
 def default_cache_dir() -> Path:
@@ -162,23 +176,18 @@ class Cache:
             tmp.unlink(missing_ok=True)
         return digest
 
-    def is_private(self, package_hash: str, listed: Sequence[str] = ()) -> bool:
-        """Private packages are never announced, seeded, served or looked up in the swarm:
-        those whose own manifest says ``private = true``, and those ``listed`` (the ``private``
-        setting) by hash or by name. Read from the package itself, not the index, so a stale
-        or rebuilt index can never make a private package public."""
-        if package_hash in listed:
-            return True
-        from .manifest import MANIFEST_NAME, load
+    def mark(self, package_hash: str, *marks: str) -> None:
+        """Remember facts about a package that its tree cannot tell: where its bytes came from
+        and what its users said (:mod:`treeseed.sharing`). Marks only add up; losing them (a
+        deleted index) only ever makes :mod:`treeseed.sharing` say no."""
+        self.db.executemany("INSERT OR IGNORE INTO marks (hash, mark) VALUES (?, ?)",
+                            [(package_hash, m) for m in marks])
 
-        path = self.path(package_hash) / MANIFEST_NAME
-        if not path.is_file():
-            return False
-        try:
-            manifest = load(path, f"{package_hash}: {MANIFEST_NAME}")
-        except TreeseedError:
-            return True  # unreadable: err on the side of not publishing it
-        return bool(manifest.private) or (manifest.name is not None and manifest.name in listed)
+    def marks(self, package_hash: str) -> set[str]:
+        if not (self.root / "index.sqlite").exists():
+            return set()
+        rows = self.db.execute("SELECT mark FROM marks WHERE hash = ?", (package_hash,))
+        return {r[0] for r in rows}
 
     def aliases(self, package_hash: str) -> dict[str, str]:
         rows = self.db.execute("SELECT format, value FROM aliases WHERE hash = ?", (package_hash,))
@@ -229,12 +238,22 @@ class Cache:
             (package_hash, size, files, now, now, source, name, version, int(private), now),
         )
 
-    def add_aliases(self, package_hash: str, aliases: dict[str, str]) -> None:
-        """Remember other formats' hashes of a package (the newest mapping for a value wins)."""
-        self.db.executemany(
-            "INSERT OR REPLACE INTO aliases (format, value, hash) VALUES (?, ?, ?)",
-            [(fmt, value, package_hash) for fmt, value in aliases.items() if value and fmt != "bt2"],
-        )
+    def add_aliases(self, package_hash: str, aliases: dict[str, str]) -> list[tuple[str, str, str]]:
+        """Remember other formats' hashes of a package. An alias that already names another
+        package still in the cache is never repointed: it is returned as (format, value, that
+        package) for the caller to report. Only a dangling alias (its package gone) moves."""
+        conflicts = []
+        for fmt, value in aliases.items():
+            if not value or fmt == "bt2":
+                continue
+            row = self.db.execute("SELECT hash FROM aliases WHERE format = ? AND value = ?",
+                                  (fmt, value)).fetchone()
+            if row is not None and row[0] != package_hash and self.has(row[0]):
+                conflicts.append((fmt, value, row[0]))
+                continue
+            self.db.execute("INSERT OR REPLACE INTO aliases (format, value, hash) VALUES (?, ?, ?)",
+                            (fmt, value, package_hash))
+        return conflicts
 
     def info(self, package_hash: str) -> PackageInfo | None:
         row = self.db.execute("SELECT * FROM packages WHERE hash = ?", (package_hash,)).fetchone()
@@ -272,6 +291,7 @@ class Cache:
     def _forget(self, package_hash: str) -> None:
         self.db.execute("DELETE FROM packages WHERE hash = ?", (package_hash,))
         self.db.execute("DELETE FROM aliases WHERE hash = ?", (package_hash,))
+        self.db.execute("DELETE FROM marks WHERE hash = ?", (package_hash,))
 
     def _package_dirs(self) -> Iterator[str]:
         if not self.packages_dir.is_dir():
@@ -332,22 +352,31 @@ class Cache:
     def install(self, tree: Path, package_hash: str) -> bool:
         """Rename the verified ``tree`` into ``p/<hash>``: the package appears whole or not at all.
 
+        Everything below the tree's root is made read-only first (:func:`seal`), so no package
+        is ever visible with writable files. The root itself loses its write bit right after the
+        rename: rename(2) moves a directory to another parent only if it may rewrite the
+        directory's ``..``, which takes the write bit for anyone but root.
+
         Returns False when the package was already there (another process, or an earlier fetch of
         the same tree from elsewhere): ours is simply dropped, as equal hashes mean equal trees.
         """
         dest = self.path(package_hash)
         try:
+            seal(tree, include_root=False)
             os.rename(tree, dest)
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not dest.is_dir():
                 raise CacheError(f"cannot move {tree} into the cache at {dest}: {exc.strerror}") from None
             return False
+        with contextlib.suppress(OSError):  # a tree that is in p/ is a package, whatever its mode
+            os.chmod(dest, DIR_MODE)
         return True
 
     def remove(self, package_hash: str) -> bool:
         """Delete one package: renamed away first, so it disappears atomically.
 
         Only a bt2 hash names a package; anything else (``..``, a path) is not in the cache.
+        The package's root gets its write bit back first: the rename rewrites its ``..``.
         """
         if not self.has(package_hash):
             if is_bt2(package_hash):
@@ -358,10 +387,62 @@ class Cache:
 
         self._ensure_dirs()
         trash = self.tmp_dir / f"rm-{package_hash}-{secrets.token_hex(4)}"
-        os.rename(dest, trash)
+        try:
+            os.chmod(dest, 0o755)
+            os.rename(dest, trash)
+        except OSError as exc:
+            raise CacheError(f"cannot remove {dest}: {exc.strerror or exc}; the cache at "
+                             f"{self.root} must be yours to change it") from None
         self._forget(package_hash)
         _rmtree(trash)
         return True
+
+    def evict_corrupt(self, package_hash: str, why: str) -> str:
+        """Remove a cached package that no longer hashes to its name; return the one line that
+        says so, for the caller to print or add to its error.
+
+        Every place that re-hashes a cached package and finds a mismatch calls this. Packages
+        are verified before the rename and installed read-only, so the fault is the cache
+        entry's (a build step running as root or changing modes, a hand edit, a disk error),
+        never the source's: blaming the source would have the user pin the corrupt hash.
+        Removing the entry makes the next fetch get the package again from its sources.
+        """
+        path = self.path(package_hash)
+        self.remove(package_hash)
+        return (f"cache entry {path} is corrupt ({why}): something changed it after it was "
+                "installed; it was removed")
+
+    def check(self, package_hash: str) -> str | None:
+        """Re-hash one cached package: None when it still hashes to its name, else what is
+        wrong with it (it is left in place: see :meth:`evict_corrupt`)."""
+        from .hashing import hash_tree
+        from .package import scan_tree
+
+        path = self.path(package_hash)
+        try:
+            entries = scan_tree(path, package_hash)
+            actual = hash_tree(path, entries, ["bt2"], source=package_hash)["bt2"]
+        except (TreeseedError, OSError) as exc:
+            return f"unreadable: {exc}"
+        return None if actual == package_hash else f"its files now hash to {actual}"
+
+    def repair(self, package_hash: str, why: str) -> str:
+        """Evict a corrupt package (:meth:`evict_corrupt`) and fetch it again from the source
+        it was first fetched from (the index's ``source``, checked against its hash); return
+        what was done, for ``cache verify --repair`` to print after the problem."""
+        from .fetch import fetch
+
+        info = self.info(package_hash)
+        source = info.source if info else None
+        self.evict_corrupt(package_hash, why)
+        if not source or source == "swarm":
+            return (f"removed it; fetch it again with 'treeseed fetch {package_hash}' (mirrors "
+                    "and swarm) or 'treeseed fetch' in a package that depends on it")
+        try:
+            fetch(source, self, expected=package_hash)
+        except TreeseedError as exc:
+            return f"removed it, but fetching it again from {source} failed: {exc}"
+        return f"removed it and fetched it again from {source}"
 
     # ------------------------------------------------------------------ maintenance
 
@@ -399,38 +480,71 @@ class Cache:
                 os.close(fd)
 
     def verify(self, hashes: Sequence[str] | None = None) -> Iterator[tuple[str, str | None]]:
-        """Re-hash packages; yield (hash, None) when intact, (hash, problem) when not."""
-        from .errors import TreeseedError
-        from .hashing import hash_tree
-        from .package import scan_tree
+        """Re-hash packages; yield (hash, None) when intact, (hash, problem) when not.
 
+        An intact package is sealed again (:func:`seal`): packages installed before installs
+        were read-only, or whose root kept its write bit after a crash, become read-only too.
+        """
         targets = list(hashes) if hashes else sorted(self._package_dirs())
         for h in targets:
             if not self.has(h):
                 yield h, NOT_CACHED
                 continue
-            try:
-                entries = scan_tree(self.path(h), h)
-                actual = hash_tree(self.path(h), entries, ["bt2"], source=h)["bt2"]
-            except (TreeseedError, OSError) as exc:
-                yield h, f"unreadable: {exc}"
-                continue
-            yield h, None if actual == h else f"contents changed: they now hash to {actual}"
+            problem = self.check(h)
+            if problem is None:
+                with contextlib.suppress(OSError):  # a cache that is not ours to change
+                    seal(self.path(h))
+                yield h, None
+            else:
+                yield h, (f"cache entry {self.path(h)} is corrupt ({problem}): something changed "
+                          "it after it was installed")
+
+
+def seal(root: Path, include_root: bool = True) -> None:
+    """Make a package tree read-only: files 0444, or 0555 when the owner may execute them,
+    directories 0555; symlinks are left alone (their mode means nothing).
+
+    One os.scandir walk, with byte paths and no Path objects per file: the kernel tree's 80k
+    files come through here on every install.
+    """
+    stack = [os.fsencode(root)]
+    if include_root:
+        os.chmod(stack[0], DIR_MODE)
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for de in it:
+                if de.is_dir(follow_symlinks=False):
+                    os.chmod(de.path, DIR_MODE)
+                    stack.append(de.path)
+                elif de.is_file(follow_symlinks=False):
+                    executable = de.stat(follow_symlinks=False).st_mode & 0o100
+                    os.chmod(de.path, EXEC_MODE if executable else FILE_MODE)
+
+
+def _writable(root: bytes) -> None:
+    """Give every directory of a tree we own its owner's rwx back, each before it is listed,
+    so the tree can be deleted however its modes were left (read-only packages, a directory
+    whose write bit a build removed)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            os.chmod(d, 0o700)
+            with os.scandir(d) as it:
+                stack += [de.path for de in it if de.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # not ours or gone: rmtree reports nothing and leaves it, as before
 
 
 def _rmtree(path: Path) -> None:
-    """Remove a tree we own, fixing permissions that would stop the removal."""
+    """Remove a tree we own, read-only or not (installed packages are 0555/0444).
 
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-
+    Errors are ignored: what cannot be removed stays in tmp/, where gc tries again.
+    """
     import shutil
 
-    if path.is_symlink() or path.is_file():
+    if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, onerror=onerror)
+        return
+    _writable(os.fsencode(path))
+    shutil.rmtree(path, ignore_errors=True)

@@ -226,6 +226,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "content-addressed mirrors (treeseed serve), tried before origin URLs"),
     Key("private", _list_kind("names or hashes", _package_ref), [],
         "packages never announced, seeded, served or looked up in the swarm"),
+    Key("share", _list_kind("names or hashes", _package_ref), [],
+        "packages from local paths or file:// that may be seeded and served all the same"),
 )}
 
 
@@ -263,11 +265,6 @@ class Settings:
         for name in given:
             key(name)
         return Settings({**self.values, **given}, self.explicit | frozenset(given))
-
-    def is_private(self, package_hash: str, name: str | None = None) -> bool:
-        """Does the ``private`` setting name this package, by hash or by name?"""
-        listed = self.values["private"]
-        return package_hash in listed or (name is not None and name in listed)
 
 
 def settings() -> Settings:

@@ -167,6 +167,14 @@ class Resolver:
                         self._finish(future.result(), task, done, seen, pending)
                     except _AllUrlsFailed as exc:
                         failures.append(self._describe(task, exc.reasons))
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, SIGTERM (see cli), or an exit: the fetches in flight must stop now, not
+            # run to their end while the pool is shut down below.
+            if pool is not None:
+                from .fetchers import interrupt
+
+                interrupt()
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -206,6 +214,10 @@ class Resolver:
         if dep.hash and self.cache.has(dep.hash):
             path = self.cache.path(dep.hash)
             _mark_used(path)
+            if dep.private:  # never published, whoever fetched it first
+                from .sharing import PRIVATE
+
+                self.cache.mark(dep.hash, PRIVATE)
             return Resolved(dep.name, dep.hash, path, absolute_url(dep.url, task.base), True,
                             parent=task.parent, lazy=dep.lazy)
         return None
@@ -234,7 +246,7 @@ class Resolver:
         try:
             result = obtain(
                 cache, dep.hash, [absolute_url(u, task.base) for u in dep.urls], settings,
-                name=dep.name, offline=self.offline, fetchers=self.fetchers,
+                name=dep.name, offline=self.offline, fetchers=self.fetchers, private=dep.private,
                 progress=lambda done, total: self.events.progress(dep, done, total),
                 on_url=lambda url: self.events.started(dep, url),
                 on_failure=lambda url, why: self.events.failed_url(dep, url, why))
@@ -258,7 +270,7 @@ class Resolver:
                 continue
             self.events.started(dep, url)
             try:
-                result = fetch(url, cache, None, fetchers=self.fetchers,
+                result = fetch(url, cache, None, fetchers=self.fetchers, marks=_marks(dep),
                                progress=lambda done, total: self.events.progress(dep, done, total))
             except TreeseedError as exc:
                 why = str(exc)
@@ -334,6 +346,13 @@ def _check_from_network(url: str, base: str, where: str) -> None:
             return
         problem = f"{url!r} leaves {origin.scheme}://{origin.netloc}"
     raise ManifestError(where, f"{problem}; this manifest came from {base}, and {rule}")
+
+
+def _marks(dep: Dependency) -> list[str]:
+    """Index marks a dependency entry gives its package (:mod:`treeseed.sharing`)."""
+    from .sharing import PRIVATE
+
+    return [PRIVATE] if dep.private else []
 
 
 def _refusal(dep: Dependency, base: str, manifest_path: str) -> str | None:

@@ -66,12 +66,12 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
     digest = got.archive_sha256
     if got.kind == "archive":
         if digest is None:  # a local archive, read in place
-            from .fetch import sha256_file
+            from .assemble import sha256_file
 
             digest = sha256_file(got.path)
         announce("archive-sha256", digest)
     # The pipeline only now, after the go-ahead for the early hashes (see the imports above).
-    from .fetch import adopt_tree, copy_tree, finish_tree
+    from .assemble import adopt_tree, copy_tree, finish_tree
     from .hashing import hash_tree
     from .unpack import Limits, unpack_archive
 
@@ -105,6 +105,7 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
         "name": manifest.name if manifest else None,
         "version": manifest.version if manifest else None,
         "private": bool(manifest and manifest.private),
+        "aliases": dict(announce.sent),  # every hash this program derived, bt2 included
     }
 
 

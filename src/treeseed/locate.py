@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .cache import Cache
-from .schemes import is_network
 from .errors import FetchError, TreeseedError
+from .schemes import is_network
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -52,12 +52,27 @@ def obtain(
     fetchers: dict[str, str] | None = None,
     on_url: Callable[[str], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    private: bool = False,
+    names: Sequence[str] = (),
 ) -> FetchResult:
-    """Fetch the package ``package_hash`` from wherever it can be had (module docstring)."""
-    from .fetch import _cached
+    """Fetch the package ``package_hash`` from wherever it can be had (module docstring).
 
+    This is the one way in for a package whose hash is known: dependencies, ``fetch HASH``,
+    ``fetch URL --hash``, ``zig fetch`` and the Nix cache all come here. ``name`` and
+    ``names`` are what the caller calls the package, ``private`` its dependency entry's
+    ``private = true``: :mod:`treeseed.sharing` decides from them whether the swarm may be
+    asked, and a private package is marked so that it is never published either.
+    """
+    from .install import cached_result
+    from .sharing import PRIVATE, Sharing, lookup_refusal
+
+    sharing = Sharing(cache, settings)
+    refused = sharing.may_look_up(package_hash, [name, *names], private)
+    marks = [PRIVATE] if private else []
     if cache.has(package_hash):
-        return _cached(cache, package_hash, "cache", ())
+        if marks:
+            cache.mark(package_hash, *marks)
+        return cached_result(cache, package_hash, "cache", ())
     candidates = [u for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
                   if not (offline and is_network(u))]
     skipped = [f"{u}: skipped, --offline" for u in [*mirror_urls(settings.mirrors, package_hash), *urls]
@@ -74,7 +89,7 @@ def obtain(
                 on_url(url)
             try:
                 return fetch(url, cache, package_hash, fetchers=fetchers, progress=progress,
-                             cancel=cancel)
+                             cancel=cancel, marks=marks)
             except TreeseedError as exc:
                 why = str(exc)
                 reasons.append(why if why.startswith(url) else f"{url}: {why}")
@@ -82,11 +97,10 @@ def obtain(
                     on_failure(url, why)
         raise AllSourcesFailed(package_hash, reasons)
 
-    if settings.torrent and not offline and settings.is_private(package_hash, name):
+    if settings.torrent and not offline and refused is not None:
         # Say why the swarm was not asked: with no URL, this is the only reason given.
-        skipped.append(f"swarm: not asked, {name or package_hash} is private (the 'private' "
-                       "setting): it is never looked up in the swarm")
-    if not (settings.torrent and not offline and not settings.is_private(package_hash, name)):
+        skipped.append(lookup_refusal(package_hash, name or "", refused))
+    if not settings.torrent or offline or refused is not None:
         return from_urls(None)
     from .swarm.fetch import BothFailed, from_swarm, head_start, race
 

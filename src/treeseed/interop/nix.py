@@ -88,7 +88,7 @@ def _prefetch_flat(url: str, cache: Cache, limits: Limits, fetchers: dict[str, s
 
 def _hash_download(url: str, cache: Cache, fetch_error: TreeseedError) -> bytes:
     """SHA-256 of the URL's bytes as treeseed's source downloads them (no unpacking)."""
-    from ..fetch import sha256_file
+    from ..assemble import sha256_file
     from ..sources import open_source
 
     with cache.workdir() as work:

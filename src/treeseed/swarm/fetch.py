@@ -19,13 +19,14 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
 from ..cache import Cache
+from ..env import env_seconds
 from ..errors import FetchError, TreeseedError
-from ..fetch import FetchResult, env_seconds
 from ..ids import is_bt2
+from ..install import FetchResult
+from .download import download_and_install
 
 if TYPE_CHECKING:  # libtorrent is imported only when a session starts
     from ..config import Settings
-    from .session import Swarm
 
 #: Seconds the swarm runs alone before the origin starts (``TREESEED_SWARM_HEAD_START``).
 HEAD_START = 2.0
@@ -34,13 +35,6 @@ T = TypeVar("T")
 
 def head_start() -> float:
     return env_seconds("TREESEED_SWARM_HEAD_START", HEAD_START)
-
-
-def stall_timeout() -> float:
-    """Seconds without progress before a swarm download gives up (``TREESEED_SWARM_STALL``)."""
-    from .session import DEFAULT_STALL
-
-    return env_seconds("TREESEED_SWARM_STALL", DEFAULT_STALL)
 
 
 def from_swarm(cache: Cache, package_hash: str, settings: Settings,
@@ -53,13 +47,15 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
     (:meth:`treeseed.swarm.session.Swarm.origin_advice`)."""
     if not is_bt2(package_hash):
         raise TreeseedError(f"{package_hash!r} is not a treeseed hash (bt2- and 64 hex digits)")
-    if settings.is_private(package_hash):
-        raise FetchError(f"{package_hash} is private (the 'private' setting): it is never looked "
-                         "up in the swarm")
-    if cache.has(package_hash):
-        from ..fetch import _cached
+    from ..sharing import Sharing, private_because
 
-        return _cached(cache, package_hash, "swarm", ())
+    refused = Sharing(cache, settings).may_look_up(package_hash)
+    if refused is not None:
+        raise FetchError(private_because(package_hash, refused))
+    if cache.has(package_hash):
+        from ..install import cached_result
+
+        return cached_result(cache, package_hash, "swarm", ())
     from .seeder import SeederClient
 
     client = SeederClient.connect(cache)
@@ -75,42 +71,6 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
                                     on_advice=on_advice)
     finally:
         swarm.close()
-
-
-def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
-                         progress: Callable[[int, int | None], None] | None = None,
-                         cancel: threading.Event | None = None,
-                         stall: float | None = None,
-                         on_advice: Callable[[str], None] | None = None) -> FetchResult:
-    """Download into a work directory, re-verify the whole tree, install by rename, and keep
-    the .torrent and block hashes so the package can be seeded at once."""
-    from ..fetch import adopt_tree, finish_tree
-    from . import torrents
-    from .session import Progress
-
-    def report(p: Progress) -> None:
-        if on_advice is not None:
-            on_advice(p.origin)
-        if progress is not None:
-            progress(p.done, p.total)
-
-    with cache.workdir() as work:
-        root = swarm.download(package_hash, work, report, cancel,
-                              stall_timeout() if stall is None else stall)
-        source = f"swarm:{package_hash}"
-        package = finish_tree(adopt_tree(root, source), source)
-        if package.hash != package_hash:
-            raise FetchError(f"the swarm delivered a tree that hashes to {package.hash}, not "
-                             f"{package_hash}; nothing was cached")
-        torrents.write(work, package_hash, package.entries, package.digests, source)
-        manifest = package.rules.manifest
-        created = cache.install(package.root, package_hash)
-        torrents.adopt(cache, work, package_hash)
-    cache.record(package_hash, package.size, len(package.entries), None,
-                 manifest.name if manifest else None, manifest.version if manifest else None,
-                 bool(manifest and manifest.private))
-    return FetchResult(package_hash, cache.path(package_hash), len(package.entries), package.size,
-                       "swarm", not created, {"bt2": package_hash}, package.size)
 
 
 class BothFailed(TreeseedError):

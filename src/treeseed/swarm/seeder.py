@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache import Cache
 from ..errors import FetchError, TreeseedError
-from ..fetch import FetchResult
+from ..install import FetchResult
+from ..sharing import private_because
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -92,7 +93,10 @@ class Seeder:
         self._peers_seen: dict[str, set[str]] = {}
         self._uploaded: dict[str, int] = {}
         self._skipped: set[str] = set()  # never seeded: private, or refused by libtorrent
-        self._private: set[str] = set()  # of those, the private ones (for status)
+        self._private: set[str] = set()  # of those, the ones not to publish (for status)
+        from ..sharing import Sharing
+
+        self.sharing = Sharing(cache, settings)
         self._served: dict[str, set[str]] = {}  # peers that received blocks since the last tally
         self._saved: set[str] = set()  # packages whose resume data was written since last asked
         self._fetch_locks: dict[str, threading.Lock] = {}  # one download per package at a time
@@ -203,9 +207,11 @@ class Seeder:
 
     def add(self, package_hash: str) -> bool:
         assert self.swarm is not None
-        if self.cache.is_private(package_hash, self.settings.private):
+        refused = self.sharing.may_publish(package_hash)
+        if refused is not None:
             self._skipped.add(package_hash)
             self._private.add(package_hash)
+            self.log(f"not seeding {package_hash}: {refused}")
             return False
         from .session import StillDownloading
 
@@ -300,12 +306,12 @@ class Seeder:
               on_advice: Callable[[str], None] | None = None) -> FetchResult:
         """Download a package for another process with our session, then seed it; ``stall``
         is the asking process's own TREESEED_SWARM_STALL."""
-        from .fetch import download_and_install
+        from .download import download_and_install
 
         assert self.swarm is not None
-        if self.settings.is_private(package_hash):
-            raise FetchError(f"{package_hash} is private (the 'private' setting): it is never "
-                             "looked up in the swarm")
+        refused = self.sharing.may_look_up(package_hash)
+        if refused is not None:
+            raise FetchError(private_because(package_hash, refused))
         self.fetching += 1
         with self._fetch_locks_lock:
             one_at_a_time = self._fetch_locks.setdefault(package_hash, threading.Lock())
@@ -319,9 +325,9 @@ class Seeder:
             cache = Cache(self.cache.root)
             try:
                 if cache.has(package_hash):
-                    from ..fetch import _cached
+                    from ..install import cached_result
 
-                    result = _cached(cache, package_hash, "swarm", ())
+                    result = cached_result(cache, package_hash, "swarm", ())
                 else:
                     result = download_and_install(self.swarm, cache, package_hash, progress,
                                                   cancel, stall, on_advice)
@@ -583,8 +589,8 @@ class SeederClient:
               cancel: threading.Event | None,
               on_advice: Callable[[str], None] | None = None) -> FetchResult:
         """Have the seeder fetch the package; closing the connection (on cancel) stops it."""
-        from ..fetch import _cached
-        from .fetch import stall_timeout
+        from ..install import cached_result
+        from .download import stall_timeout
 
         done = threading.Event()
         if cancel is not None:
@@ -604,7 +610,7 @@ class SeederClient:
             raise FetchError(f"lost the seeder while it fetched {package_hash}: {exc}") from None
         finally:
             done.set()  # ends the watcher
-        result = _cached(self.cache, package_hash, "swarm", ())
+        result = cached_result(self.cache, package_hash, "swarm", ())
         result.source = "swarm"
         return result
 
