@@ -407,6 +407,39 @@ def _sparse(out):
     return [(info, b"")], "sparse", "sparse"
 
 
+# Links whose target passes the lexical check but resolves outside through another link.
+# Each list is (path, target) of symlinks next to a regular file "ok.txt" (no common top dir).
+LINK_ESCAPES = {
+    # the brief's case: a/b/l is '..' (= a), so a/b/l/../.. is the package's parent on disk
+    "through-link": [("a/b/l", ".."), ("m", "a/b/l/../..")],
+    # l resolves shallower than it sits: ../../../z from a/b/c is z; two more '..' leave
+    "shallow-link": [("a/b/c/l", "../../../z"), ("m", "a/b/c/l/../../x")],
+    # the same through a chain: l2 -> l -> ../../../z
+    "chain": [("a/b/c/l", "../../../z"), ("a/b/c/l2", "l"), ("m", "a/b/c/l2/../../x")],
+    # a link to a link to a directory: t -> s -> d, so t/../.. is the package's parent
+    "link-to-link-to-dir": [("d/keep", ""), ("s", "d"), ("u/v/w/t", "../../../s"),
+                            ("m", "u/v/w/t/../../z")],
+    # no escape, but on disk l/.. is a/b while the hash would record a: refused too
+    "meaning-differs": [("a/b/x/keep", ""), ("a/b/l", "x"), ("m", "a/b/l/../..")],
+    # '..' out of a name that does not exist: what it would mean depends on what appears there
+    "missing-name": [("m", "nothere/../ok.txt")],
+}
+
+
+def link_escape_tar(case: str) -> list[tuple[tarfile.TarInfo, bytes]]:
+    members = [member("ok.txt", b"ok")]
+    for path, target in LINK_ESCAPES[case]:
+        members.append(member(path, b"x") if not target else
+                       member(path, type=tarfile.SYMTYPE, linkname=target))
+    return members
+
+
+def _link_escape(case: str):
+    def build(out):
+        return link_escape_tar(case), "'m'", "is not a directory of the package"
+    return build
+
+
 def _sparse_pax(out):
     members = [member("ok.txt", b"ok"), member("sparse", b"x", pax={"GNU.sparse.major": "1"})]
     return members, "sparse", "sparse"
@@ -454,6 +487,7 @@ TAR_CASES = [
     pytest.param(_root_entry, id="root-entry"),
     pytest.param(_sparse, id="sparse"),
     pytest.param(_sparse_pax, id="sparse-pax"),
+    *[pytest.param(_link_escape(case), id=f"symlink-escape-{case}") for case in LINK_ESCAPES],
 ]
 
 
@@ -650,6 +684,58 @@ def test_option_beats_env(tmp_path: Path) -> None:
     proc = run(tmp_path / "cache", "fetch", str(archive), "--max-size", "1G",
                env={"TREESEED_MAX_UNPACK_SIZE": "1M"})
     assert proc.returncode == 0, proc.stderr
+
+
+def build_dir(root: Path, case: str) -> Path:
+    """The LINK_ESCAPES case as a real directory, for the scan_tree paths (local dirs, git)."""
+    root.mkdir(parents=True)
+    (root / "ok.txt").write_bytes(b"ok")
+    for path, target in LINK_ESCAPES[case]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        if target:
+            os.symlink(target, root / path)
+        else:
+            (root / path).write_bytes(b"x")
+    return root
+
+
+@pytest.mark.parametrize("command", ["fetch", "hash"])
+@pytest.mark.parametrize("case", sorted(LINK_ESCAPES))
+def test_link_escapes_in_a_directory(tmp_path: Path, case: str, command: str) -> None:
+    root = build_dir(tmp_path / "src", case)
+    if case != "missing-name":  # (the scenario is real: the system resolves it outside)
+        resolved = Path(os.path.realpath(root / "m"))
+        assert (resolved == root.parent or root not in resolved.parents) == \
+            (case not in ("meaning-differs",))
+    assert_rejected(tmp_path, root, command, "'m'", "is not a directory of the package")
+
+
+@pytest.mark.parametrize("case", sorted(LINK_ESCAPES))
+def test_link_escapes_in_a_zip(tmp_path: Path, case: str) -> None:
+    entries = [("ok.txt", b"ok", REG | 0o644)]
+    entries += [(path, target.encode(), stat.S_IFLNK | 0o777) if target else (path, b"x", REG | 0o644)
+                for path, target in LINK_ESCAPES[case]]
+    archive = write(tmp_path, "links.zip", zip_bytes(entries))
+    assert_rejected(tmp_path, archive, "hash", "'m'", "is not a directory of the package")
+
+
+def test_links_that_climb_real_directories_are_kept(tmp_path: Path) -> None:
+    """'..' out of real directories, links to links to directories, links into links: all
+    fine, and every installed link resolves inside the package."""
+    data = tar_bytes([
+        member("pkg/src/lib/a.c", b"a"),
+        member("pkg/include/x.h", b"x"),
+        member("pkg/include/lib", type=tarfile.SYMTYPE, linkname="../src/lib"),
+        member("pkg/alias", type=tarfile.SYMTYPE, linkname="include/lib"),
+        member("pkg/deep", type=tarfile.SYMTYPE, linkname="alias/a.c"),
+        member("pkg/src/up", type=tarfile.SYMTYPE, linkname="../include/../src/lib/./a.c"),
+        member("pkg/loop1", type=tarfile.SYMTYPE, linkname="loop2"),   # resolves nowhere: kept
+        member("pkg/loop2", type=tarfile.SYMTYPE, linkname="loop1"),
+    ])
+    _, path = fetch_ok(tmp_path, write(tmp_path, "ok.tar", data))
+    assert (path / "deep").read_bytes() == b"a" and (path / "src" / "up").read_bytes() == b"a"
+    for link in ("include/lib", "alias", "deep", "src/up"):
+        assert path in Path(os.path.realpath(path / link)).parents
 
 
 # --------------------------------------------------------------------------- hostile metadata

@@ -121,6 +121,55 @@ def resolve_link(path: str, target: str, source: str) -> list[str]:
     return joined.split("/")
 
 
+def check_climbs(entries: Iterable[Entry], links: Iterable[Entry], source: str) -> None:
+    """Refuse every link in ``links`` whose target climbs (``..``) out of anything but a real
+    directory of the package made of ``entries``.
+
+    :func:`resolve_link` reads a target lexically, but the system resolves it one component at
+    a time, following links: with ``a/b/l -> ..``, the target ``a/b/l/../..`` is ``a``
+    lexically and the package's parent on disk. When every ``..`` leaves a real directory (a
+    parent of some entry; never a symlink, a file or a missing name), the lexical reading is
+    the physical one at every ``..``, and what follows a link is plain names that only
+    descend, so every link resolves, if at all, where the hash says: inside the package,
+    through chains of links and links to links to directories alike. Loops are left alone:
+    they resolve nowhere (ELOOP). Cost: nothing unless some target contains ``..``.
+    """
+    climbing = [link for link in links if ".." in (link.target or "")]
+    if not climbing:
+        return
+    dirs = package_dirs(entries)
+    for link in climbing:
+        assert link.target is not None
+        _check_climb(link.path, link.target, dirs, source)
+
+
+def package_dirs(entries: Iterable[Entry]) -> set[str]:
+    """Every directory the entries' paths imply (their ancestors; no entry is below a link)."""
+    dirs: set[str] = set()
+    for entry in entries:
+        parent = entry.path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    return dirs
+
+
+def _check_climb(path: str, target: str, dirs: set[str], source: str) -> None:
+    """Walk ``target`` from the link's directory as the system would; see :func:`check_climbs`."""
+    stack = path.split("/")[:-1]  # the link's own directory: real directories, by construction
+    for part in target.split("/"):
+        if part == "..":
+            here = "/".join(stack)
+            if not stack or here not in dirs:
+                raise BadPackage(source, path, f"symlink target {target!r} climbs out of {here!r} "
+                                 f"with '..', and {here!r} is not a directory of the package (a "
+                                 "symlink, a file or nothing), so the link could resolve outside "
+                                 "the package; write the target without '..' after a link")
+            stack.pop()
+        elif part and part != ".":
+            stack.append(part)
+
+
 def scan_tree(
     root: Path, source: str, keep: Callable[[str], bool] | None = None
 ) -> list[Entry]:
@@ -128,10 +177,13 @@ def scan_tree(
 
     ``keep`` filters paths (the manifest's rules); excluded entries are skipped whatever their
     type, so an excluded fifo is not an error. Directories contribute nothing themselves.
+    Links are checked against the kept entries (:func:`check_climbs`): a directory copied or
+    checked out from elsewhere obeys the same link rules as an archive.
     """
     entries: list[Entry] = []
     _scan(os.fsencode(root), "", source, keep, entries)
     entries.sort(key=lambda e: e.path.encode("utf-8"))
+    check_climbs(entries, [e for e in entries if e.kind == "symlink"], source)
     return entries
 
 
@@ -180,12 +232,14 @@ def apply_rules(
     """Delete what the package rules exclude, drop emptied directories, check what remains.
 
     Runs on a freshly unpacked tree that nobody else sees yet. An excluded entry is removed and
-    never hashed; a kept device/fifo/socket or a kept symlink leaving the package is an error.
+    never hashed; a kept device/fifo/socket or a kept symlink that leaves the package, or could
+    through another link (:func:`check_climbs`), is an error.
     """
     for path, what in (specials or {}).items():
         if keep(path):
             raise BadPackage(source, path, f"{what}: packages hold only regular files and symlinks")
     kept: list[Entry] = []
+    links: list[Entry] = []
     removed_dirs: set[str] = set()
     base = os.fsencode(root)
     for entry in entries:
@@ -193,10 +247,12 @@ def apply_rules(
             if entry.is_symlink:
                 assert entry.target is not None
                 resolve_link(entry.path, entry.target, source)
+                links.append(entry)
             kept.append(entry)
             continue
         os.unlink(os.path.join(base, os.fsencode(entry.path)))
         removed_dirs.add(posixpath.dirname(entry.path))
+    check_climbs(kept, links, source)
     _remove_empty_dirs(base, removed_dirs)
     return kept
 
