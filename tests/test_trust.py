@@ -8,6 +8,7 @@ subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -124,3 +125,59 @@ def test_fetch_subprocess_sees_no_secret(tmp_path: Path, cache_dir: Path) -> Non
     secret = secret_dir(tmp_path)
     out = run_cli("fetch", str(secret), cache=cache_dir).stdout
     assert out.startswith("bt2-")
+
+
+# --------------------------------------------------------------------------- defect 9:
+# a configured fetcher's announcements become aliases
+
+
+def test_a_lying_fetcher_cannot_claim_another_archives_digest(tmp_path: Path, cache_dir: Path) -> None:
+    """A configured fetcher announces the SHA-256 of a real archive (and a git commit) while it
+    delivers a tree of its own. Those claims are not recorded: a later fetch of the real
+    archive unpacks it and installs the real tree, not the fetcher's."""
+    import hashlib
+
+    from conftest import tar_gz
+    from test_fetchers import WRITE_PACKAGE, Demo
+
+    real = tmp_path / "real-1.0.tar.gz"
+    real.write_bytes(tar_gz({"real.c": b"int real;\n"}, "real-1.0"))
+    digest = hashlib.sha256(real.read_bytes()).hexdigest()
+    lie = (f'announce(b"archive-sha256 {digest}\\n")\n'
+           f'announce(b"git-commit {"c" * 40}\\n")\n')
+    demo = Demo(tmp_path, lie + WRITE_PACKAGE)
+    fetched = demo.fetch(cache_dir, "demo://pkg", "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    evil = json.loads(fetched.stdout)["hash"]
+
+    from treeseed.cache import Cache
+
+    cache = Cache(cache_dir)
+    try:
+        assert cache.aliases(evil) == {}  # nothing the fetcher claimed
+        assert cache.resolve("archive-sha256", digest) is None
+    finally:
+        cache.close()
+    got = json.loads(run_cli("fetch", str(real), "--json", cache=cache_dir).stdout)
+    assert got["hash"] != evil and got["cached"] is False
+    assert (cache_dir / "p" / got["hash"] / "real.c").is_file()
+
+
+def test_an_alias_is_never_repointed_to_another_package(tmp_path: Path) -> None:
+    """The first package an alias names keeps it; a second claim is refused and reported."""
+    from treeseed.cache import Cache
+
+    cache = Cache(tmp_path / "cache")
+    try:
+        first = run_cli("fetch", str(make_tree(tmp_path / "a", {"a": b"a\n"})),
+                        cache=tmp_path / "cache").stdout.split()[0]
+        second = run_cli("fetch", str(make_tree(tmp_path / "b", {"b": b"b\n"})),
+                         cache=tmp_path / "cache").stdout.split()[0]
+        assert cache.add_aliases(first, {"zig": "x-1.0-AAAA"}) == []
+        assert cache.add_aliases(second, {"zig": "x-1.0-AAAA"}) == [("zig", "x-1.0-AAAA", first)]
+        assert cache.resolve("zig", "x-1.0-AAAA") == first
+        run_cli("cache", "rm", first, cache=tmp_path / "cache")
+        assert cache.add_aliases(second, {"zig": "x-1.0-AAAA"}) == []  # a dangling alias moves
+        assert cache.resolve("zig", "x-1.0-AAAA") == second
+    finally:
+        cache.close()

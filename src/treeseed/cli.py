@@ -11,12 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import TreeseedError
+
+if TYPE_CHECKING:
+    from .progress import StallWatch
 
 ALL_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "archive-sha256")
 
@@ -31,18 +36,103 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             os.chdir(args.directory)
         except OSError as exc:
-            print(f"treeseed: error: -C {args.directory}: {exc.strerror}", file=sys.stderr)
-            return 1
+            return _fail(args, f"-C {args.directory}: {exc.strerror}", "directory")
+    if getattr(args, "fetches", False):
+        _stop_on_signals()
     try:
-        return args.run(args) or 0
+        status = args.run(args) or 0
     except TreeseedError as exc:
-        print(f"treeseed: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("treeseed: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, str(exc), type(exc).__name__, _details(exc))
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, getattr(exc, "signum", signal.SIGINT))
     except BrokenPipeError:
         return 1
+    if status == 130 and _signals_seen and _signals_seen[0] != signal.SIGINT:
+        return 128 + _signals_seen[0]  # a command that catches the interrupt itself (--watch)
+    return status
+
+
+def _fail(args: argparse.Namespace, message: str, what: str,
+          details: dict[str, object] | None = None) -> int:
+    """Report an error: one line on stderr; with --json also a JSON object on stdout, so a
+    tool reading the output gets something it can parse instead of nothing."""
+    print(f"treeseed: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "what": what, **(details or {})}), flush=True)
+    return 1
+
+
+#: Attributes of an error worth giving a tool reading --json (HashMismatch, ManifestError, ...).
+_DETAILS = ("source", "expected", "actual", "path", "line", "key", "entry", "problem")
+
+
+def _details(exc: BaseException) -> dict[str, object]:
+    return {k: getattr(exc, k) for k in _DETAILS
+            if isinstance(getattr(exc, k, None), str | int) and not isinstance(getattr(exc, k), bool)}
+
+
+def _interrupted(args: argparse.Namespace, signum: int) -> int:
+    """Exit 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), after one line."""
+    name = signal.Signals(signum).name
+    message = (f"interrupted by {name}; the fetches in progress were stopped and their partial "
+               "downloads removed")
+    print(f"treeseed: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "what": name}), flush=True)
+    return 128 + signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so everything unwinds (and the
+    work directories are removed) as for Ctrl-C. ``signum`` decides the exit status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_signals_seen: list[int] = []
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM, for commands that fetch: stop every running fetcher at once
+    (:func:`treeseed.fetchers.interrupt`; the threads waiting on them wake and unwind, removing
+    their work directories), then raise :class:`Interrupted` in the main thread. SIGTERM's
+    default would kill us on the spot and leave ``tmp/w-*`` behind. A second signal while
+    that cleanup runs exits at once: the user insists, and gc collects what is left."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        fetchers = sys.modules.get("treeseed.fetchers")  # not imported: no fetcher runs
+        if fetchers is not None:
+            fetchers.interrupt()
+        _signals_seen.append(signum)
+        if len(_signals_seen) > 1:
+            os._exit(128 + _signals_seen[0])
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, a job runner: keep ignoring
+            signal.signal(sig, on_signal)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for -j/--jobs: a pool of no workers would wait forever, and a traceback
+    is no way to say so."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more (how many run at once)")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with treeseed's one-line errors: the usage block argparse prints first buries
+    the line that says what is wrong, so it points to --help instead."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag.add_argument("--no-torrent", dest="torrent", action="store_false",
                       help="no swarm this time, whatever the settings say")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="treeseed", parents=[common],
         description="Fetch source packages by content hash into a verified global cache.",
     )
@@ -86,13 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "every non-lazy dependency of the package here, and theirs")
     p.add_argument("--lazy", action="store_true",
                    help="without URL: also fetch the package's own lazy dependencies")
-    p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=4,
+                   help="packages fetched at once (default 4)")
     p.add_argument("--hash", dest="expected", help="expected bt2 hash: refuse anything else")
     p.add_argument("--format", action="append", choices=ALL_FORMATS, dest="formats", default=[],
                    help="also compute and record this format (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
-    p.set_defaults(run=cmd_fetch)
+    p.set_defaults(run=cmd_fetch, fetches=True)
 
     p = sub.add_parser("add", parents=[common, torrent],
                        help="fetch a package and add it to treeseed.toml with its hash")
@@ -101,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lazy", action="store_true", help="mark it lazy: fetched only when a build asks")
     p.add_argument("--mirror", action="append", default=[], dest="mirrors",
                    help="another URL serving the same package (repeatable)")
-    p.set_defaults(run=cmd_add)
+    p.set_defaults(run=cmd_add, fetches=True)
 
     p = sub.add_parser("build", parents=[common, torrent],
                        help="configure (fetching what this configuration needs) and run steps")
@@ -113,17 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="show the options and steps; fetch nothing")
     p.add_argument("--watch", action="store_true",
                    help="keep running: rebuild when build.py, treeseed.toml or a package file changes")
-    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
+    p.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 2,
                    help="steps and packages at once")
-    p.set_defaults(run=cmd_build)
+    p.set_defaults(run=cmd_build, fetches=True)
 
     p = sub.add_parser("update", parents=[common, torrent],
                        help="re-resolve dependencies' sources and record their new hashes")
     p.add_argument("names", nargs="*", metavar="NAME", help="dependencies to update (default: all)")
     p.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     p.add_argument("--json", action="store_true")
-    p.add_argument("-j", "--jobs", type=int, default=4, help="dependencies resolved at once")
-    p.set_defaults(run=cmd_update)
+    p.add_argument("-j", "--jobs", type=positive_int, default=4, help="dependencies resolved at once")
+    p.set_defaults(run=cmd_update, fetches=True)
 
     p = sub.add_parser("path", parents=[common], help="print the cache path of a dependency")
     p.add_argument("name")
@@ -157,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed", parents=[common, torrent],
                           help="run this cache's seeder: seed every public package to the swarm")
     seed.add_argument("--detach", action="store_true", help="run in the background")
+    seed.add_argument("--share", action="append", default=[], metavar="HASH",
+                      help="publish this package although it came from a local path (adds it to "
+                           "the 'share' setting, tells a running seeder, and exits)")
     seed.add_argument("--status-bind", default="127.0.0.1:0", metavar="HOST:PORT",
                       help="where the status page listens (default: a free port on 127.0.0.1)")
     seed.set_defaults(run=cmd_seed)
@@ -178,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_cache_list)
     p = csub.add_parser("verify", parents=[common], help="re-hash packages, report corruption")
     p.add_argument("hashes", nargs="*", metavar="HASH")
+    p.add_argument("--repair", action="store_true",
+                   help="remove corrupt packages and fetch them again from where they came from")
     p.set_defaults(run=cmd_cache_verify)
     p = csub.add_parser("rm", parents=[common], help="remove packages")
     p.add_argument("hashes", nargs="+", metavar="HASH")
@@ -260,9 +356,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     else:
         if _offline(args) and not (args.expected and _cache(args).has(args.expected)):
             _refuse_network(args.url)
-        with _progress(args) as progress:
-            result = fetch(args.url, _cache(args), args.expected, args.formats, _limits(args),
-                           progress)
+        if args.expected:
+            result = _fetch_pinned(args)
+        else:
+            with _progress(args) as progress:
+                result = fetch(args.url, _cache(args), None, args.formats, _limits(args), progress)
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     elif not _quiet(args):
@@ -273,9 +371,29 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_pinned(args: argparse.Namespace):
+    """``treeseed fetch URL --hash H``: had like any pinned package (:func:`treeseed.locate.obtain`:
+    the cache, the mirrors, the URL and, torrenting on, the swarm), so an origin that is down
+    is no reason to fail when the package can be had elsewhere."""
+    from .ids import is_bt2
+    from .install import cached_result
+    from .locate import announce_new, obtain
+
+    if not is_bt2(args.expected):
+        raise TreeseedError(f"--hash {args.expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
+    cache, settings = _cache(args), _settings(args)
+    with _progress(args) as progress:
+        result = obtain(cache, args.expected, [args.url], settings, offline=_offline(args),
+                        progress=progress, limits=_limits(args))
+    announce_new(cache, result, settings)
+    if args.formats:
+        result = cached_result(cache, result.hash, result.source, args.formats)
+    return result
+
+
 def _fetch_by_hash(args: argparse.Namespace):
     """``treeseed fetch bt2-<hex>``: the cache, then the mirrors, then (torrenting on) the swarm."""
-    from .fetch import _cached
+    from .install import cached_result
     from .locate import announce_new, obtain
 
     cache, settings = _cache(args), _settings(args)
@@ -287,7 +405,7 @@ def _fetch_by_hash(args: argparse.Namespace):
         result = obtain(cache, args.url, [], settings, offline=_offline(args), progress=progress)
     announce_new(cache, result, settings)
     if args.formats:
-        result = _cached(cache, result.hash, result.source, args.formats)
+        result = cached_result(cache, result.hash, result.source, args.formats)
     return result
 
 
@@ -442,19 +560,32 @@ def _offline(args: argparse.Namespace) -> bool:
 
 
 class _progress:
-    """A rich progress bar on a terminal for large downloads; nothing otherwise."""
+    """A rich progress bar on a terminal for large downloads, and on any stderr a line when the
+    download receives nothing for a while (so a quiet server is not silence); -q: nothing."""
 
     THRESHOLD = 4 << 20
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.enabled = sys.stderr.isatty() and not _quiet(args) and not getattr(args, "json", False)
+        self.enabled = not _quiet(args)
+        self.bar_allowed = sys.stderr.isatty() and not getattr(args, "json", False)
+        self.label = str(getattr(args, "url", None) or "the download")
         self._bar = None
         self._task = None
+        self._stalls: StallWatch | None = None
 
     def __enter__(self) -> Callable[[int, int | None], None] | None:
-        return self.update if self.enabled else None
+        if not self.enabled:
+            return None
+        from .progress import StallWatch
+
+        self._stalls = StallWatch()
+        self._stalls.start(self.label)
+        return self.update
 
     def update(self, done: int, total: int | None) -> None:
+        self._notice_stall(done)
+        if not self.bar_allowed:
+            return
         if self._bar is None:
             if (total or done) < self.THRESHOLD:
                 return
@@ -472,6 +603,17 @@ class _progress:
             self._bar.start()
             self._task = self._bar.add_task("download", total=total)
         self._bar.update(self._task, completed=done, total=total)
+
+    def _notice_stall(self, done: int) -> None:
+        assert self._stalls is not None
+        quiet = self._stalls.update(self.label, done)
+        if quiet is None:
+            return
+        line = f"treeseed: {self._stalls.notice(self.label, quiet, done)}"
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -527,6 +669,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from .swarm.seeder import Seeder, install_signal_handlers, run_detached
 
     cache = _cache(args)
+    if args.share:
+        return _share(cache, args.share)
     settings = _settings(args)
     if args.detach:
         extra = ["--status-bind", args.status_bind]
@@ -540,6 +684,24 @@ def cmd_seed(args: argparse.Namespace) -> int:
     seeder = Seeder(cache, settings, args.status_bind, log)
     install_signal_handlers(seeder)
     seeder.run()
+    return 0
+
+
+def _share(cache, hashes: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """``treeseed seed --share HASH``: the user says a local package may be published."""
+    from .config import set_value, settings
+    from .ids import is_bt2
+    from .swarm.seeder import notify_added
+
+    for package_hash in hashes:
+        if not is_bt2(package_hash):
+            raise TreeseedError(f"--share {package_hash!r}: give a package's bt2 hash "
+                                "('treeseed cache list' shows them)")
+    current = list(settings().share)
+    set_value("share", ",".join(current + [h for h in hashes if h not in current]))
+    for package_hash in hashes:
+        notify_added(cache, package_hash)
+        print(f"shared {package_hash}" + ("" if cache.has(package_hash) else " (not in the cache yet)"))
     return 0
 
 
@@ -624,15 +786,17 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
 
     bad = 0
     checked = 0
-    for package_hash, problem in _cache(args).verify(args.hashes):
+    cache = _cache(args)
+    for package_hash, problem in cache.verify(args.hashes):
         checked += 1
         if problem == NOT_CACHED:
             bad += 1
             print(f"MISSING {package_hash}: not in the cache")
         elif problem:
             bad += 1
-            print(f"CORRUPT {package_hash}: {problem}; remove it with "
-                  f"'treeseed cache rm {package_hash}' and fetch it again")
+            done = (cache.repair(package_hash, problem) if args.repair else
+                    f"run 'treeseed cache verify --repair {package_hash}' to fetch it again")
+            print(f"CORRUPT {package_hash}: {problem}; {done}")
         else:
             _say(args, f"ok {package_hash}")
     if not _quiet(args):
@@ -704,9 +868,10 @@ def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.Argum
                    help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
     p.add_argument("--pkg-dir", type=Path,
                    help="Zig 0.16+: the project's package directory (default: zig-pkg)")
-    p.add_argument("-j", "--jobs", type=int, default=4, help="packages fetched at once (default 4)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=4,
+                   help="packages fetched at once (default 4)")
     p.add_argument("--json", action="store_true", help="print what was placed as JSON")
-    p.set_defaults(run=cmd_zig_fetch)
+    p.set_defaults(run=cmd_zig_fetch, fetches=True)
     zig.set_defaults(run=lambda a: zig.print_help() or 2)
 
     nix = sub.add_parser("nix", parents=[common], help="Nix hashes of a URL, fetched through treeseed")
@@ -717,7 +882,7 @@ def _add_interop_parsers(sub: argparse._SubParsersAction, common: argparse.Argum
     p.add_argument("--unpack", action="store_true",
                    help="the NAR hash of the unpacked archive (fetchzip), not of the file (fetchurl)")
     p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
-    p.set_defaults(run=cmd_nix_prefetch)
+    p.set_defaults(run=cmd_nix_prefetch, fetches=True)
     nix.set_defaults(run=lambda a: nix.print_help() or 2)
 
 

@@ -24,6 +24,7 @@ from .schemes import is_network
 if TYPE_CHECKING:
     from .config import Settings
     from .fetch import FetchResult
+    from .unpack import Limits
 
 
 
@@ -54,6 +55,7 @@ def obtain(
     on_failure: Callable[[str, str], None] | None = None,
     private: bool = False,
     names: Sequence[str] = (),
+    limits: Limits | None = None,
 ) -> FetchResult:
     """Fetch the package ``package_hash`` from wherever it can be had (module docstring).
 
@@ -82,6 +84,7 @@ def obtain(
         from .fetch import fetch
 
         reasons = list(skipped)
+        errors: list[TreeseedError] = []
         for url in candidates:
             if cancel is not None and cancel.is_set():
                 break
@@ -89,12 +92,15 @@ def obtain(
                 on_url(url)
             try:
                 return fetch(url, cache, package_hash, fetchers=fetchers, progress=progress,
-                             cancel=cancel, marks=marks)
+                             cancel=cancel, marks=marks, limits=limits)
             except TreeseedError as exc:
+                errors.append(exc)
                 why = str(exc)
                 reasons.append(why if why.startswith(url) else f"{url}: {why}")
                 if on_failure is not None:
                     on_failure(url, why)
+        if len(errors) == 1 and len(reasons) == 1 and cancel is None:
+            raise errors[0]  # one URL, one reason: its own error says it best (a mismatch)
         raise AllSourcesFailed(package_hash, reasons)
 
     if settings.torrent and not offline and refused is not None:

@@ -226,6 +226,19 @@ class Seeder:
             return False
         return True
 
+    def _reread_sharing(self, package_hash: str) -> None:
+        """A package added or shared since we started: decide again with the settings as they
+        are now (``treeseed seed --share`` writes the ``share`` setting, then tells us)."""
+        from ..config import settings
+        from ..sharing import Sharing
+
+        try:
+            self.sharing = Sharing(self.cache, settings())
+        except TreeseedError as exc:
+            self.log(f"keeping the sharing settings read before: {exc}")
+        self._skipped.discard(package_hash)
+        self._private.discard(package_hash)
+
     def _saved_resume(self, package_hash: str) -> bytes | None:
         try:
             return (self.dir / "resume" / package_hash).read_bytes()
@@ -423,6 +436,7 @@ class Seeder:
             return {"ok": True}
         if op == "added":
             package_hash = str(request.get("hash"))
+            self._reread_sharing(package_hash)
             return {"ok": self.cache.has(package_hash) and self.add(package_hash)}
         if op == "fetch":
             return self._answer_fetch(str(request.get("hash")), send, conn, request.get("stall"))
