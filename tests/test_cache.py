@@ -95,6 +95,52 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def as_owner(*cmd: str) -> list[str]:
+    """``cmd`` run as an ordinary owner of its files: the tests run as root, whose
+    CAP_DAC_OVERRIDE ignores permission bits, so root drops it (and its kin) for the command."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
+    wrapped = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    if subprocess.run([*wrapped[:2], "true"], capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    return wrapped
+
+
+def cli_as_owner(cache: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``python -m treeseed`` as an ordinary owner (see :func:`as_owner`)."""
+    cmd = as_owner(sys.executable, "-m", "treeseed", "--cache-dir", str(cache), *args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert not check or proc.returncode == 0, proc.stderr
+    return proc
+
+
+def tree_modes(root: Path) -> dict[str, int]:
+    """Every entry's permission bits below and including ``root``, symlinks as lstat sees them."""
+    out = {".": stat.S_IMODE(root.lstat().st_mode)}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(dirpath, name)
+            out[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return out
+
+
+def tamper(path: Path, data: bytes) -> None:
+    """Change a cached file as root would (after giving it a write bit, as a build might)."""
+    path.chmod(0o644)
+    path.write_bytes(data)
+
+
+def move_package(src: Path, dest: Path) -> None:
+    """Move a package directory to another cache's p/: rename(2) needs the moved directory's
+    write bit to rewrite its ``..`` (root ignores that), so it is lent for the move."""
+    src.chmod(0o755)
+    os.rename(src, dest)
+    dest.chmod(0o555)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,8 +161,8 @@ def test_fetch_installs_normalised_package(tmp_path: Path, cache_dir: Path) -> N
     assert Path(got["path"]).resolve() == root.resolve()
     modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
              for p in root.rglob("*") if p.is_file()}
-    assert modes == {"README": 0o644, "src/lib.c": 0o644, "bin/run": 0o755, "bin/tool": 0o755,
-                     "private.key": 0o644}
+    assert modes == {"README": 0o444, "src/lib.c": 0o444, "bin/run": 0o555, "bin/tool": 0o555,
+                     "private.key": 0o444}
 
     size = sum(len(v[1] if isinstance(v, tuple) else v) for v in SMALL.values())
     (row,) = list_json(cache_dir)
@@ -230,7 +276,7 @@ def test_killed_fetch_leaves_nothing_half_done(tmp_path: Path, cache_dir: Path) 
         assert (live / "partial").read_bytes() == b"in progress"
         assert packages(cache_dir) == [h]
     assert tmp_entries(cache_dir) == []
-    shutil.rmtree(cache_dir / "p" / h)  # 128 MiB less for pytest to keep around
+    run_cli("cache", "rm", h, cache=cache_dir)  # 128 MiB less for pytest to keep around
 
 
 # --------------------------------------------------------------------------- verify, rm, gc
@@ -240,7 +286,7 @@ def _flip_byte(root: Path) -> None:
     f = root / "src/lib.c"
     data = bytearray(f.read_bytes())
     data[100] ^= 0x01
-    f.write_bytes(bytes(data))
+    tamper(f, bytes(data))
 
 
 def _flip_exec(root: Path) -> None:
@@ -248,6 +294,7 @@ def _flip_exec(root: Path) -> None:
 
 
 def _add_file(root: Path) -> None:
+    (root / "src").chmod(0o755)  # installed 0555: root ignores that, an ordinary owner not
     (root / "src/extra.c").write_bytes(b"")
 
 
@@ -305,6 +352,98 @@ def test_gc(tmp_path: Path, cache_dir: Path) -> None:
     assert list_json(cache_dir) == []
 
 
+# --------------------------------------------------------------------------- read-only packages
+
+
+NESTED = {**SMALL, "src/deep/er/x.h": b"#define X\n", "tools/gen": (0o755, b"#!/bin/sh\n")}
+
+
+def test_installed_packages_are_read_only(tmp_path: Path, cache_dir: Path) -> None:
+    src = make_tree(tmp_path / "src", {"lib/a.c": b"a", "lib/inner/b.c": b"b", "run": ("x", b"#!"),
+                                       "link": ("link", "lib/a.c")})
+    for args in ((str(tar_gz(tmp_path / "n.tar.gz", NESTED)),), (str(src),)):
+        got = fetch_json(cache_dir, *args)
+        root = cache_dir / "p" / got["hash"]
+        modes = tree_modes(root)
+        for rel, mode in modes.items():
+            path = root / rel
+            if path.is_symlink():
+                assert mode == 0o777, rel  # untouched
+            elif path.is_dir():
+                assert mode == 0o555, rel
+            else:
+                assert mode == (0o555 if rel in ("bin/run", "bin/tool", "tools/gen", "run") else 0o444), rel
+        # Modes hold only the executable bit the hash covers: the tree still hashes to its name.
+        assert run_cli("hash", str(root), cache=cache_dir).stdout.strip() == got["hash"]
+        assert run_cli("cache", "verify", got["hash"], cache=cache_dir).returncode == 0
+        # And an ordinary user (not root, whom permission bits do not stop) cannot change it.
+        some_file = root / ("src/lib.c" if (root / "src/lib.c").exists() else "lib/a.c")
+        for code in (f"open({str(some_file)!r}, 'ab')", f"open({str(root / 'new')!r}, 'xb')",
+                     f"import os; os.rename({str(some_file)!r}, {str(some_file)!r} + '.x')"):
+            proc = subprocess.run(as_owner(sys.executable, "-c", code), capture_output=True, text=True)
+            assert "PermissionError" in proc.stderr, code
+
+
+def test_rm_and_gc_remove_read_only_trees_as_their_owner(tmp_path: Path, cache_dir: Path) -> None:
+    """Removal must not depend on write bits: packages are 0555 all the way down, and a build
+    may have taken the write bit from a directory in a work tree (here: set by the test)."""
+    one = cli_as_owner(cache_dir, "fetch", str(tar_gz(tmp_path / "1.tar.gz", NESTED))).stdout.split()[0]
+    two = cli_as_owner(cache_dir, "fetch", str(tar_gz(tmp_path / "2.tar.gz", {"d/e/f": b"2"}))).stdout.split()[0]
+    for h, nested in ((one, "src/deep"), (two, "d/e")):
+        for d in (cache_dir / "p" / h / nested, cache_dir / "p" / h):
+            d.chmod(0o555)
+    dead = cache_dir / "tmp" / "w-1-dead"  # an abandoned work directory, its files read-only
+    (dead / "package" / "sub").mkdir(parents=True)
+    (dead / "package" / "sub" / "f").write_bytes(b"f")
+    for d in (dead / "package" / "sub", dead / "package"):
+        d.chmod(0o500)
+
+    proc = cli_as_owner(cache_dir, "cache", "rm", one, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert packages(cache_dir) == [two]
+    proc = cli_as_owner(cache_dir, "cache", "gc", "--older-than", "0", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert two in proc.stdout and str(dead) in proc.stdout
+    assert packages(cache_dir) == [] and tmp_entries(cache_dir) == []
+
+
+def test_verify_says_a_changed_entry_is_corrupt_and_repair_fetches_it_again(
+        tmp_path: Path, cache_dir: Path) -> None:
+    archive = tar_gz(tmp_path / "small.tar.gz", SMALL)
+    h = fetch_json(cache_dir, str(archive))["hash"]
+    entry = cache_dir / "p" / h
+    tamper(entry / "src/lib.c", b"changed by a build step\n")
+
+    proc = run_cli("cache", "verify", cache=cache_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"CORRUPT {h}: cache entry {entry} is corrupt")
+    assert "changed it after it was installed" in line
+    assert f"treeseed cache verify --repair {h}" in line
+    assert packages(cache_dir) == [h]  # reported, not removed
+
+    proc = run_cli("cache", "verify", "--repair", h, cache=cache_dir, check=False)
+    assert "Traceback" not in proc.stderr
+    assert f"removed it and fetched it again from {archive.absolute().as_uri()}" in proc.stdout
+    assert (entry / "src/lib.c").read_bytes() == b"int x;\n" * 300
+    assert stat.S_IMODE((entry / "src/lib.c").stat().st_mode) == 0o444
+    assert run_cli("cache", "verify", cache=cache_dir).returncode == 0
+    assert packages(cache_dir) == [h] and tmp_entries(cache_dir) == []
+
+
+def test_verify_seals_packages_installed_writable(tmp_path: Path, cache_dir: Path) -> None:
+    """Packages installed before installs were read-only become read-only once verified."""
+    h = fetch_json(cache_dir, str(tar_gz(tmp_path / "n.tar.gz", NESTED)))["hash"]
+    root = cache_dir / "p" / h
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(Path(dirpath, name), 0o755 if name in ("run", "tool", "gen") else 0o644)
+    run_cli("cache", "verify", cache=cache_dir)
+    assert {m for rel, m in tree_modes(root).items() if not (root / rel).is_file()} == {0o555}
+    assert tree_modes(root)["bin/run"] == 0o555 and tree_modes(root)["README"] == 0o444
+
+
 # --------------------------------------------------------------------------- the index is derived
 
 
@@ -318,13 +457,13 @@ def test_index_is_rebuilt_from_disk(tmp_path: Path, cache_dir: Path) -> None:
     # A package renamed into p/ whose index row was never written (a crash right after the rename).
     elsewhere = tmp_path / "elsewhere"
     orphan = fetch_json(elsewhere, str(tar_gz(tmp_path / "orphan.tar.gz", {"o/p": b"orphan\n" * 9})))
-    os.rename(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
+    move_package(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
     rows = {r["hash"]: r for r in list_json(cache_dir)}
     assert set(rows) == {small["hash"], orphan["hash"]}
     assert (rows[orphan["hash"]]["size"], rows[orphan["hash"]]["files"]) == (orphan["bytes"], 1)
 
     # And the other way round: a row whose directory vanished is dropped.
-    shutil.rmtree(cache_dir / "p" / small["hash"])
+    move_package(cache_dir / "p" / small["hash"], tmp_path / "gone")  # behind the index's back
     assert [r["hash"] for r in list_json(cache_dir)] == [orphan["hash"]]
     assert run_cli("cache", "verify", cache=cache_dir).returncode == 0
 
@@ -333,7 +472,7 @@ def test_orphan_package_is_served_by_hash(tmp_path: Path, cache_dir: Path) -> No
     elsewhere = tmp_path / "elsewhere"
     orphan = fetch_json(elsewhere, str(tar_gz(tmp_path / "orphan.tar.gz", {"o": b"orphan\n"})))
     (cache_dir / "p").mkdir(parents=True)
-    os.rename(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
+    move_package(elsewhere / "p" / orphan["hash"], cache_dir / "p" / orphan["hash"])
     got = fetch_json(cache_dir, "/nonexistent/orphan.tar.gz", "--hash", orphan["hash"])
     assert (got["hash"], got["cached"], got["files"], got["bytes"]) == (orphan["hash"], True, 1, 7)
 

@@ -251,6 +251,49 @@ def test_hash_mismatch_names_the_dependency_and_line(tmp_path: Path, servers,  #
     assert global_dir(zig_env, project.hashes["alpha"]).is_dir()
 
 
+@pytest.mark.parametrize("known_by", ["zig-alias", "archive-digest"])
+def test_a_corrupt_cache_entry_is_evicted_and_fetched_again(tmp_path: Path, servers,  # noqa: F811
+                                                            zig_env: dict[str, str],
+                                                            known_by: str) -> None:
+    """A cached package changed after install (a build step running as root) is the cache
+    entry's fault: zig fetch says so, removes it and fetches it again, and never blames the
+    server nor offers the corrupt tree's hash to pin. The cache finds the package by the zig
+    hash a first zig fetch recorded, or by the archive digest of a plain treeseed fetch."""
+    server = servers()
+    project = make_project(tmp_path, server)
+    cache = tmp_path / "c"
+    if known_by == "zig-alias":
+        run_cli("-C", str(project.root), "zig", "fetch", "--zig-version", "0.15", cache=cache)
+        shutil.rmtree(zig_env["ZIG_GLOBAL_CACHE_DIR"])
+        index = Cache(cache)
+        package = index.resolve("zig", project.hashes["beta"])
+        index.close()
+    else:
+        package = run_cli("fetch", project.url("beta.zip"), cache=cache).stdout.split()[0]
+    assert package is not None
+    entry = cache / "p" / package
+    assert (entry / "b.txt").stat().st_mode & 0o777 == 0o444  # installed read-only ...
+    (entry / "b.txt").chmod(0o644)  # ... which does not stop root
+    (entry / "b.txt").write_bytes(b"changed by a build step\n")
+    asked = server.hits.count("/beta.zip")
+
+    proc = run_cli("-C", str(project.root), "zig", "fetch", "--zig-version", "0.15", cache=cache,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"cache entry {entry} is corrupt" in proc.stderr
+    assert "changed it after it was installed" in proc.stderr
+    assert "hash mismatch" not in proc.stderr and "put the new hash" not in proc.stderr
+    # Fetched again from its .url (by archive digest, the first request found the cached tree).
+    assert server.hits.count("/beta.zip") == asked + (1 if known_by == "zig-alias" else 2)
+    placed = global_dir(zig_env, project.hashes["beta"]) / "b.txt"
+    assert placed.read_text() == "from beta\n"
+    assert placed.stat().st_mode & 0o777 == 0o644  # Zig gets a writable copy, never the cache's
+    assert run_cli("cache", "verify", package, cache=cache).returncode == 0
+    assert (entry / "b.txt").stat().st_mode & 0o777 == 0o444
+    server.close()
+    assert_built(project.root)
+
+
 def test_missing_hash_is_refused_with_the_hash_to_write(tmp_path: Path, servers) -> None:  # noqa: F811
     server = servers()
     project = make_project(tmp_path, server)

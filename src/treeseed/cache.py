@@ -408,7 +408,10 @@ class Cache:
         Removing the entry makes the next fetch get the package again from its sources.
         """
         path = self.path(package_hash)
+        kept = self.marks(package_hash)  # what users said of this hash holds for its refetch
         self.remove(package_hash)
+        if kept:
+            self.mark(package_hash, *kept)
         return (f"cache entry {path} is corrupt ({why}): something changed it after it was "
                 "installed; it was removed")
 

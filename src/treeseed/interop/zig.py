@@ -37,7 +37,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +64,8 @@ _LEGACY = re.compile(r"1220[0-9a-f]{64}")
 _HASH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*-[0-9A-Za-z.+-]+-[A-Za-z0-9_-]{44}")
 
 FetchMode = Literal["needed", "all"]
+#: How the treeseed cache, the first source of every dependency, is named in messages.
+CACHE_SOURCE = "the treeseed cache"
 
 
 class ZigFetchError(TreeseedError):
@@ -330,6 +332,9 @@ class ZigFetch:
     #: The user's settings: with torrenting on, a package a mirror can name by bt2 hash is
     #: also looked for in the swarm (:func:`treeseed.locate.obtain`).
     settings: Settings | None = None
+    #: Where notes that are not failures go (a corrupt cache entry evicted and fetched again).
+    warn: Callable[[str], None] = field(default=lambda text: print(
+        f"treeseed: warning: {text}", file=sys.stderr, flush=True))
 
     def run(self, project: Path) -> list[Placed]:
         """Fetch, verify and place every dependency of the project at ``project``."""
@@ -403,23 +408,55 @@ class ZigFetch:
         """
         reasons: list[str] = []
         for where, get in self._sources(dep, declared, cache):
+            found = self._try_source(dep, declared, cache, where, get, reasons)
+            if found is not None:
+                return found
+        raise TreeseedError("\n    ".join(reasons))
+
+    def _try_source(self, dep: ZigDependency, declared: str, cache: Cache, where: str,
+                    get: Callable[[], tuple[Path, str]], reasons: list[str]
+                    ) -> tuple[Path, str, ZigHash] | None:
+        """One source's tree if its Zig hash is ``declared``; else None, with why in ``reasons``.
+
+        Every tree comes out of the treeseed cache, maybe without being fetched at all (found by
+        the zig alias, or by the archive's digest the source announced). So a tree that fails is
+        re-hashed against its bt2 name before the source is blamed: a cache entry changed after
+        install is evicted (:meth:`Cache.evict_corrupt`) and the source asked once more, which
+        now really fetches; the cache itself has nothing left to offer.
+        """
+        for attempt in range(2):
             try:
                 tree, package = get()
+            except TreeseedError as exc:
+                reasons.append(_from(where, exc))
+                return None
+            try:
                 computed = zig_hash(tree, f"{where} ({package})", self.layout.allows_missing_paths)
             except TreeseedError as exc:
-                why = str(exc)
-                reasons.append(why if why.startswith(where) else f"{where}: {why}")
-                continue
-            if computed.matches(declared):
-                return tree, package, computed
-            reasons.append(_mismatch(dep, declared, computed, where, tree))
-        raise TreeseedError("\n    ".join(reasons))
+                failure = _from(where, exc)
+            else:
+                if computed.matches(declared):
+                    return tree, package, computed
+                failure = _mismatch(dep, declared, computed, where, tree)
+            corrupt = cache.check(package) if cache.has(package) else None
+            if corrupt is None:
+                reasons.append(failure)
+                return None
+            said = cache.evict_corrupt(package, corrupt)
+            again = attempt == 0 and where != CACHE_SOURCE
+            self.warn(f"{dep.where}: dependency {dep.name!r}: {said}"
+                      + ("; fetching it again" if again else "; trying its other sources"))
+            if not again:
+                reasons.append(f"{where}: {said}")
+                return None
+        reasons.append(f"{where}: the package was corrupt in the cache twice in a row")
+        return None
 
     def _sources(self, dep: ZigDependency, declared: str, cache: Cache
                  ) -> Iterator[tuple[str, Callable[[], tuple[Path, str]]]]:
         known = cache.resolve("zig", declared)
         if known:
-            yield "the treeseed cache", lambda: (cache.path(known), known)
+            yield CACHE_SOURCE, lambda: (cache.path(known), known)
         swarm = self._swarm_source(dep, declared, cache)
         if swarm is not None:
             yield swarm
@@ -484,6 +521,11 @@ class ZigFetch:
         try:
             url = _absolute_url(dep)
             tree, package = self._fetch(url, cache)
+            corrupt = cache.check(package)  # the user is told to pin this: never a corrupt tree
+            if corrupt is not None:
+                self.warn(f"{dep.where}: dependency {dep.name!r}: "
+                          f"{cache.evict_corrupt(package, corrupt)}; fetching it again")
+                tree, package = self._fetch(url, cache)
             return zig_hash(tree, f"{url} ({package})", self.layout.allows_missing_paths).hash
         finally:
             cache.close()
@@ -513,6 +555,12 @@ def _absolute_url(dep: ZigDependency) -> str:
         if rest and not rest.startswith("/"):
             return (dep.base / rest).absolute().as_uri()
     return url
+
+
+def _from(where: str, exc: TreeseedError) -> str:
+    """An error as one reason, prefixed with the source unless it names it already."""
+    why = str(exc)
+    return why if why.startswith(where) else f"{where}: {why}"
 
 
 def _mismatch(dep: ZigDependency, declared: str, computed: ZigHash, url: str, tree: Path) -> str:
