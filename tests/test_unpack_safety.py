@@ -1023,6 +1023,68 @@ def test_repeated_entries_count_against_the_entry_limit(tmp_path: Path) -> None:
     assert unpack_archive(archive, tmp_path / "tree2", str(archive), Limits(max_entries=200)).entries
 
 
+# --------------------------------------------------------------------------- version control
+
+# Version-control metadata at several depths, and names that merely look like it (kept).
+VCS_JUNK = {".git/config": b"[core]\n", ".git/objects/ab/cdef": b"blob", "sub/.svn/entries": b"12\n",
+            "sub/deep/.hg/store/data": b"hg", "lib/.git": b"gitdir: ../.git/modules/lib\n"}
+LOOKALIKES = {".gitignore": b"*.o\n", ".github/ci.yml": b"on: push\n", "x.git/a": b"a", ".hgtags": b"t",
+              ".svnignore": b"s", ".git2/b": b"b", "src/main.c": b"int main;\n"}
+
+
+def hash_of(tmp_path: Path, target: Path) -> str:
+    proc = run(tmp_path / "cache", "hash", str(target))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_checkout_hash_ignores_vcs_metadata(tmp_path: Path) -> None:
+    """A local directory that is a checkout hashes as its files alone, before and after git
+    rewrites its own metadata (HEAD: .git was hashed, and 'git status' could change it)."""
+    plain = write_tree(tmp_path / "plain", LOOKALIKES)
+    repo = write_tree(tmp_path / "repo", LOOKALIKES)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    write_tree(repo, {k: v for k, v in VCS_JUNK.items() if not k.startswith(".git/")})
+    expected = hash_of(tmp_path, plain)
+    assert hash_of(tmp_path, repo) == expected
+    os.utime(repo / "src" / "main.c", (1, 1))
+    subprocess.run([*git, "status", "--porcelain"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "two", "--allow-empty"], check=True)
+    assert hash_of(tmp_path, repo) == expected
+    _, fetched = fetch_ok(tmp_path, repo)
+    assert not [p for p in fetched.rglob("*") if p.name in (".git", ".hg", ".svn")]
+    assert (fetched / ".gitignore").is_file() and (fetched / ".github" / "ci.yml").is_file()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archive_vcs_metadata_is_not_part_of_the_package(tmp_path: Path, kind: str) -> None:
+    """Even a manifest that asks for .git does not get it; a fifo inside .git is no error."""
+    toml = b'[package]\ninclude = [".git/", "**/.svn/**", "*"]\n'
+    files = {"treeseed.toml": toml, **LOOKALIKES}
+    if kind == "tar":
+        data = tar_bytes([member(f"pkg/{k}", v) for k, v in {**files, **VCS_JUNK}.items()]
+                         + [member("pkg/.git/fifo", type=tarfile.FIFOTYPE),
+                            member("pkg/.hg/link", type=tarfile.SYMTYPE, linkname="../src/main.c")])
+    else:
+        data = zip_bytes([(f"pkg/{k}", v, REG | 0o644) for k, v in {**files, **VCS_JUNK}.items()])
+    with_vcs = write(tmp_path, f"vcs.{kind}", data)
+    without = write(tmp_path, "plain.tar", tar_bytes([member(f"pkg/{k}", v) for k, v in files.items()]))
+    package_hash, path = fetch_ok(tmp_path, with_vcs)
+    assert package_hash == hash_of(tmp_path, without)
+    assert set(tree(path)) == {".gitignore", ".github", ".github/ci.yml", "x.git", "x.git/a", ".hgtags",
+                               ".svnignore", ".git2", ".git2/b", "src", "src/main.c", "treeseed.toml"}
+
+
 def _split(data: bytes, parts: int) -> list[bytes]:
     step = len(data) // parts + 1
     return [data[i:i + step] for i in range(0, len(data), step)]

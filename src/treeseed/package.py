@@ -31,6 +31,18 @@ MAX_DEPTH = 128
 
 EntryKind = Literal["file", "symlink"]
 
+#: Version-control metadata is never part of a package, at any depth, whatever its type and
+#: whatever the manifest says: a checkout's hash must not change when ``git status`` rewrites
+#: the index, and a package must not carry a repository (hooks, config) along.
+VCS_NAMES = frozenset({".git", ".hg", ".svn"})
+_VCS_COMPONENT = re.compile(r"(?:^|/)\.(?:git|hg|svn)(?:/|$)")
+
+
+def is_vcs_path(path: str) -> bool:
+    """True when a component of ``path`` is ``.git``, ``.hg`` or ``.svn`` (one regex search:
+    this runs for every entry of an archive)."""
+    return _VCS_COMPONENT.search(path) is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -177,6 +189,7 @@ def scan_tree(
 
     ``keep`` filters paths (the manifest's rules); excluded entries are skipped whatever their
     type, so an excluded fifo is not an error. Directories contribute nothing themselves.
+    ``.git``, ``.hg`` and ``.svn`` (:data:`VCS_NAMES`) are skipped at any depth, unread.
     Links are checked against the kept entries (:func:`check_climbs`): a directory copied or
     checked out from elsewhere obeys the same link rules as an archive.
     """
@@ -193,6 +206,8 @@ def _scan(
     with os.scandir(os.path.join(root, os.fsencode(prefix)) if prefix else root) as it:
         for de in it:
             name = os.fsdecode(de.name)
+            if name in VCS_NAMES:
+                continue  # never part of a package, never even walked (a .git can be huge)
             path = f"{prefix}/{name}" if prefix else name
             st = de.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -233,17 +248,18 @@ def apply_rules(
 
     Runs on a freshly unpacked tree that nobody else sees yet. An excluded entry is removed and
     never hashed; a kept device/fifo/socket or a kept symlink that leaves the package, or could
-    through another link (:func:`check_climbs`), is an error.
+    through another link (:func:`check_climbs`), is an error. Version-control metadata
+    (:data:`VCS_NAMES`) is excluded whatever ``keep`` says.
     """
     for path, what in (specials or {}).items():
-        if keep(path):
+        if keep(path) and not is_vcs_path(path):
             raise BadPackage(source, path, f"{what}: packages hold only regular files and symlinks")
     kept: list[Entry] = []
     links: list[Entry] = []
     removed_dirs: set[str] = set()
     base = os.fsencode(root)
     for entry in entries:
-        if keep(entry.path):
+        if keep(entry.path) and not is_vcs_path(entry.path):
             if entry.is_symlink:
                 assert entry.target is not None
                 resolve_link(entry.path, entry.target, source)
