@@ -83,6 +83,13 @@ class Peer:
     def status(self) -> dict:
         return json.loads(self.cli("seed", "status", "--json").stdout)
 
+    def add_shared(self, path: Path) -> str:
+        """Fetch a local tree or archive into this cache and share it (``seed --share``): a
+        package from a local path is published only when the user says so."""
+        package_hash = self.cli("fetch", str(path)).stdout.split()[0]
+        self.cli("seed", "--share", package_hash)
+        return package_hash
+
     @contextmanager
     def seeding(self) -> Iterator[dict]:
         """``treeseed seed --detach`` for this cache, stopped when the block ends."""

@@ -132,7 +132,7 @@ def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:
                                          ("secret-by-manifest", True), (hidden_name, False)]):
         tree = random_package(tmp_path / name, name, {"blob.bin": (i + 1) * 300_000}, seed=i,
                               private=private)
-        hashes[name] = seeder.cli("fetch", str(tree)).stdout.split()[0]
+        hashes[name] = seeder.add_shared(tree)
     public = {hashes["alpha"]: "alpha", hashes["beta"]: "beta"}
     hidden = {hashes["secret-by-manifest"]: "secret-by-manifest", hashes[hidden_name]: hidden_name}
 

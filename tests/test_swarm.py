@@ -135,7 +135,7 @@ class Node:
 
     def status(self) -> dict | None:
         """The running seeder's status through its socket, or None if none answers."""
-        from treeseed.swarm.seeder import SeederClient
+        from treeseed.swarm.client import SeederClient
 
         cache = Cache(self.cache)
         client = SeederClient.connect(cache, timeout=10)

@@ -133,7 +133,7 @@ def test_corrupt_peer_cannot_corrupt_the_fetch(tmp_path: Path, server: Server) -
                              {"big.bin": 1280 * KiB, "mid.bin": 600 * KiB, "small.bin": 40 * KiB},
                              seed=6)
     honest = Peer(tmp_path / "honest")
-    package_hash = honest.cli("fetch", str(package)).stdout.split()[0]
+    package_hash = honest.add_shared(package)
     origin = server.url("/victim-1.0.tar.gz")
     server.routes["/victim-1.0.tar.gz"] = Reply(200, tar_of(package, "victim-1.0"))
 
@@ -272,7 +272,7 @@ def test_qbittorrent_downloads_a_package_from_treeseed_seed(tmp_path: Path) -> N
                              seed=7)
     (package / "data" / "nested" / "up").symlink_to("../big.bin")
     seeder = Peer(tmp_path / "seeder")
-    package_hash = seeder.cli("fetch", str(package)).stdout.split()[0]
+    package_hash = seeder.add_shared(package)
     downloads = tmp_path / "qbittorrent-downloads"
     with seeder.seeding():
         qbt = QBittorrent(tmp_path / "qbittorrent")

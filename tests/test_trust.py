@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import make_tree, run_cli
 from gitserver import GitServer, Submodule, git_server, make_repo  # noqa: F401  (the fixture)
-from httpserver import Server, server  # noqa: F401  (the fixture)
+from httpserver import Reply, Server, server  # noqa: F401  (the fixture)
 from test_deps import Packages, cached, dep_toml, deps_fetch, error_lines, make_root, serve
 
 # --------------------------------------------------------------------------- defect 1:
@@ -181,3 +181,39 @@ def test_an_alias_is_never_repointed_to_another_package(tmp_path: Path) -> None:
         assert cache.resolve("zig", "x-1.0-AAAA") == second
     finally:
         cache.close()
+
+
+# --------------------------------------------------------------------------- defect 1, Zig:
+# a build.zig.zon fetched from the network names local paths
+
+
+@pytest.mark.parametrize("spelling", ["file-url", "path-escape"])
+def test_network_zon_may_not_name_local_paths(tmp_path: Path, server: Server, spelling: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``treeseed zig fetch``: a dependency served over HTTP whose build.zig.zon names a
+    directory on this machine (a file:// URL, or a .path that climbs out of the package) is
+    refused, naming its build.zig.zon line and the rule; nothing of the secret is fetched."""
+    from conftest import tar_gz
+    from test_interop_zig import dep_entry, manifest, zig_fetch_hash
+
+    monkeypatch.setenv("ZIG_GLOBAL_CACHE_DIR", str(tmp_path / "zig-global"))
+    secret = secret_dir(tmp_path)
+    if spelling == "file-url":
+        loot = dep_entry("loot", secret.as_uri(), "loot-0.0.0-" + "A" * 44)
+    else:
+        loot = '        .loot = .{ .path = "../../../../../../../../../../' + str(secret) + '" },\n'
+    evil = tar_gz({"build.zig": b"", "build.zig.zon": manifest("evil", deps=loot)}, "evil")
+    server.routes["/evil.tar.gz"] = Reply(body=evil)
+    evil_hash = zig_fetch_hash(tmp_path, evil, "evil.tar.gz")
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "build.zig").write_bytes(b"")
+    (root / "build.zig.zon").write_bytes(manifest(
+        "proj", deps=dep_entry("evil", server.url("/evil.tar.gz"), evil_hash)))
+    proc = run_cli("-C", str(root), "zig", "fetch", "--zig-version", "0.15",
+                   cache=tmp_path / "cache", check=False)
+    err = error_lines(proc)
+    assert "loot" in err and "build.zig.zon:" in err
+    assert "a build.zig.zon fetched from the network may name only" in err
+    for dirpath, _, files in os.walk(tmp_path / "cache"):
+        assert "id_ed25519" not in files, dirpath

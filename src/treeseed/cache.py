@@ -407,8 +407,12 @@ class Cache:
         never the source's: blaming the source would have the user pin the corrupt hash.
         Removing the entry makes the next fetch get the package again from its sources.
         """
+        from .sharing import PRIVATE
+
         path = self.path(package_hash)
-        kept = self.marks(package_hash)  # what users said of this hash holds for its refetch
+        # What users said of this hash (private) holds for its refetch; where the bytes came
+        # from does not: the refetch records its own origin.
+        kept = self.marks(package_hash) & {PRIVATE}
         self.remove(package_hash)
         if kept:
             self.mark(package_hash, *kept)

@@ -505,7 +505,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     cache = _cache(args)
     rows = update(root, cache, args.names, args.dry_run, _offline(args), args.jobs)
     if getattr(args, "torrent", None) is not False and _settings(args).torrent:
-        from .swarm.seeder import notify_added
+        from .swarm.client import notify_added
 
         for row in rows:  # new packages are seeded at once by a running seeder
             if row.changed and row.new:
@@ -666,7 +666,8 @@ def cmd_config_unset(args: argparse.Namespace) -> int:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     """Seed in the foreground until SIGINT/SIGTERM or `treeseed seed stop`."""
-    from .swarm.seeder import Seeder, install_signal_handlers, run_detached
+    from .swarm.client import run_detached
+    from .swarm.seeder import Seeder, install_signal_handlers
 
     cache = _cache(args)
     if args.share:
@@ -691,7 +692,7 @@ def _share(cache, hashes: list[str]) -> int:  # type: ignore[no-untyped-def]
     """``treeseed seed --share HASH``: the user says a local package may be published."""
     from .config import set_value, settings
     from .ids import is_bt2
-    from .swarm.seeder import notify_added
+    from .swarm.client import notify_added
 
     for package_hash in hashes:
         if not is_bt2(package_hash):
@@ -706,7 +707,7 @@ def _share(cache, hashes: list[str]) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_seed_status(args: argparse.Namespace) -> int:
-    from .swarm.seeder import SeederClient, read_info
+    from .swarm.client import SeederClient, read_info
 
     cache = _cache(args)
     client = SeederClient.connect(cache)
@@ -729,7 +730,7 @@ def cmd_seed_status(args: argparse.Namespace) -> int:
 
 
 def cmd_seed_stop(args: argparse.Namespace) -> int:
-    from .swarm.seeder import stop_running
+    from .swarm.client import stop_running
 
     pid = stop_running(_cache(args))
     if pid is None:
@@ -742,7 +743,7 @@ def cmd_seed_stop(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from .progress import human
-    from .swarm.seeder import seed_dir
+    from .swarm.client import seed_dir
     from .swarm.stats import Stats
 
     cache = _cache(args)

@@ -166,6 +166,6 @@ def resolve_alias(mirror: str, fmt: str, value: str, timeout: float = 10.0) -> s
 def announce_new(cache: Cache, result: FetchResult, settings: Settings) -> None:
     """With torrenting on, tell this cache's running seeder about a package just installed."""
     if settings.torrent and not result.cached:
-        from .swarm.seeder import notify_added
+        from .swarm.client import notify_added
 
         notify_added(cache, result.hash)

@@ -53,9 +53,15 @@ class Sharing:
     """The sharing policy of one cache under one set of settings."""
 
     def __init__(self, cache: Cache, settings: Settings) -> None:
+        import threading
+
         self.cache = cache
         self.private: frozenset[str] = frozenset(settings.private)
         self.share: frozenset[str] = frozenset(settings.share)
+        # The seeder and serve decide on several threads, and an index connection cannot cross
+        # threads: each thread reads the marks through a Cache of its own, dropped (and its
+        # connection closed) when the thread ends.
+        self._per_thread = threading.local()
 
     def may_look_up(self, package_hash: str, names: Iterable[str | None] = (),
                     private: bool = False) -> str | None:
@@ -80,7 +86,7 @@ class Sharing:
             return "private: its manifest says private = true"
         if name is not None and name in self.private:
             return f"private: the 'private' setting names it ({name})"
-        marks = self.cache.marks(package_hash)
+        marks = self._index().marks(package_hash)
         if PRIVATE in marks:
             return "private: a dependency entry asking for it says private = true"
         if package_hash in self.share or (name is not None and name in self.share):
@@ -89,6 +95,14 @@ class Sharing:
             return None
         return ("came only from this machine (a local path or file://), so it is not published; "
                 f"share it with 'treeseed seed --share {package_hash}'")
+
+    def _index(self) -> Cache:
+        own = getattr(self._per_thread, "cache", None)
+        if own is None:
+            from .cache import Cache
+
+            own = self._per_thread.cache = Cache(self.cache.root)
+        return own
 
     def _manifest(self, package_hash: str) -> tuple[str | None, bool]:
         """(name, private) from the package's own treeseed.toml, read from the tree itself so

@@ -172,14 +172,17 @@ class ZigDependency:
     line: int | None  # the line of its .hash there (else of its .url, else of the entry)
     base: Path  # the directory of that build.zig.zon: relative .path entries start there
     parent: str | None  # the package that declares it; None for the project
+    #: Declared by a package that came from the network: the manifest trust rule applies
+    #: (only network URLs; a .path stays inside its package), as for treeseed.toml.
+    remote: bool = False
 
     @property
     def where(self) -> str:
         return f"{self.manifest}:{self.line}" if self.line else self.manifest
 
 
-def read_dependencies(root: Path, parent: str | None = None, display: str | None = None
-                      ) -> list[ZigDependency]:
+def read_dependencies(root: Path, parent: str | None = None, display: str | None = None,
+                      remote: bool = False) -> list[ZigDependency]:
     """The dependencies the ``build.zig.zon`` in ``root`` declares (none without one)."""
     path = root / ZON
     if not path.is_file():
@@ -194,7 +197,7 @@ def read_dependencies(root: Path, parent: str | None = None, display: str | None
         lines = getattr(nodes.get(name), "key_lines", {})
         line = lines.get("hash") or lines.get("url") or lines.get("path") or entry_lines.get(name)
         out.append(ZigDependency(name, dep["url"], dep["path"], dep["hash"], dep["lazy"], shown,
-                                 line, root, parent))
+                                 line, root, parent, remote))
     return out
 
 
@@ -368,6 +371,8 @@ class ZigFetch:
     def _resolve(self, dep: ZigDependency) -> tuple[Placed | None, list[ZigDependency]] | str:
         """One dependency: its placement and its own dependencies, or what went wrong."""
         try:
+            if dep.remote:
+                _check_from_network(dep)
             if dep.path is not None:
                 return None, self._path_dependency(dep)
             return self._url_dependency(dep)
@@ -378,14 +383,14 @@ class ZigFetch:
         """A ``.path`` dependency is used where it is; only its own dependencies need fetching."""
         assert dep.path is not None
         root = Path(os.path.normpath(dep.base / dep.path))
-        return read_dependencies(root, dep.name)
+        return read_dependencies(root, dep.name, remote=dep.remote)
 
     def _url_dependency(self, dep: ZigDependency) -> tuple[Placed, list[ZigDependency]]:
         declared = self._checked_hash(dep)
         dest = self.layout.destination(declared)
         if dest.is_dir():  # Zig would use it as it is; so do we, and follow its manifest
             placed = Placed(dep.name, declared, dest, None, "present", dep.parent)
-            return placed, read_dependencies(dest, dep.name, f"{dest / ZON}")
+            return placed, read_dependencies(dest, dep.name, f"{dest / ZON}", _came_remote(dep))
         cache = Cache(self.cache.root)  # one index connection per thread
         try:
             tree, package, computed = self._verified_tree(dep, declared, cache)
@@ -395,7 +400,7 @@ class ZigFetch:
         created = place(tree, computed.entries, computed.keep, dest)
         placed = Placed(dep.name, declared, dest, package, "placed" if created else "present",
                         dep.parent)
-        return placed, read_dependencies(dest, dep.name, f"{dest / ZON}")
+        return placed, read_dependencies(dest, dep.name, f"{dest / ZON}", _came_remote(dep))
 
     def _verified_tree(self, dep: ZigDependency, declared: str, cache: Cache
                        ) -> tuple[Path, str, ZigHash]:
@@ -529,6 +534,31 @@ class ZigFetch:
             return zig_hash(tree, f"{url} ({package})", self.layout.allows_missing_paths).hash
         finally:
             cache.close()
+
+
+def _came_remote(dep: ZigDependency) -> bool:
+    """Is the package ``dep`` names a stranger's (fetched from the network, or declared by one)?"""
+    from ..schemes import is_network
+
+    return dep.remote or (dep.url is not None and is_network(dep.url))
+
+
+def _check_from_network(dep: ZigDependency) -> None:
+    """The manifest trust rule for build.zig.zon: a package fetched from the network may name
+    only network URLs, and ``.path`` dependencies inside itself, never this machine's files."""
+    from ..schemes import SCHEMES, is_network, scheme_name
+
+    rule = ("a build.zig.zon fetched from the network may name only http(s):// and "
+            "git+http(s):// URLs, and .path dependencies inside its own package")
+    if dep.url is not None and not (scheme_name(dep.url) in SCHEMES and is_network(dep.url)):
+        raise TreeseedError(f"{dep.where}: dependency {dep.name!r}: {dep.url!r} is not a network "
+                            f"URL; {rule}")
+    if dep.path is not None:
+        inside = os.path.normpath(dep.base / dep.path)
+        base = os.path.normpath(dep.base)
+        if os.path.isabs(dep.path) or not (inside == base or inside.startswith(base + os.sep)):
+            raise TreeseedError(f"{dep.where}: dependency {dep.name!r}: .path {dep.path!r} leaves "
+                                f"its package; {rule}")
 
 
 def _first_time(dep: ZigDependency, seen: set[str]) -> bool:

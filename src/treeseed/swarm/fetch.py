@@ -56,7 +56,7 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
         from ..install import cached_result
 
         return cached_result(cache, package_hash, "swarm", ())
-    from .seeder import SeederClient
+    from .client import SeederClient
 
     client = SeederClient.connect(cache)
     if client is not None:

@@ -92,9 +92,8 @@ def generate(cache: Cache, package_hash: str) -> None:
     digests = hash_files(root, entries, [Bt2Format(root, package_hash)])["bt2"]
     actual = info_hash(entries, digests, package_hash)
     if actual != package_hash:
-        raise CacheError(f"cached package {package_hash} now hashes to {actual}: its files were "
-                         f"changed; run 'treeseed cache verify' and 'treeseed cache rm "
-                         f"{package_hash}', then fetch it again")
+        said = cache.evict_corrupt(package_hash, f"its files now hash to {actual}")
+        raise CacheError(f"{said}; fetch {package_hash} again to seed it")
     write(cache.torrents_dir, package_hash, entries, digests, package_hash)
 
 
