@@ -815,6 +815,141 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(tmp_path: Path,
     assert "Traceback" not in mirror.logged()
 
 
+def server_threads(mirror: Mirror) -> int:
+    """How many threads the server process runs now (Linux: one entry per thread)."""
+    return len(os.listdir(f"/proc/{mirror.proc.pid}/task"))
+
+
+def open_slow_clients(port: int, count: int) -> tuple[list[socket.socket], list[socket.socket]]:
+    """``count`` slowloris connections: a third send nothing, a third an unfinished request
+    line, a third an unfinished header that :func:`wait_until_closed` keeps trickling bytes
+    into. Returns (all, the trickling ones); the caller closes them all."""
+    every: list[socket.socket] = []
+    trickling: list[socket.socket] = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        every.append(sock)
+        try:
+            if i % 3 == 1:
+                sock.sendall(b"GET /")
+            elif i % 3 == 2:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                trickling.append(sock)
+        except OSError:  # already closed by the server to make room: that is allowed
+            pass
+    return every, trickling
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Has the server closed this connection? (It never sends on one without a request.)"""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:  # reset
+        return True
+
+
+def wait_until_closed(socks: list[socket.socket], trickling: list[socket.socket]) -> list:
+    """Wait (at most TIMEOUT) for the server to close every socket, sending one more header
+    byte into each trickling one every 0.2 s meanwhile; returns those still open."""
+    open_ = list(socks)
+    deadline = time.monotonic() + TIMEOUT
+    while open_ and time.monotonic() < deadline:
+        select.select(open_[:500], [], [], 0.2)
+        open_ = [s for s in open_ if not closed_by_peer(s)]
+        for sock in trickling:
+            if sock in open_:
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    open_.remove(sock)
+    return open_
+
+
+def test_slowloris_costs_no_thread_and_is_cut_off(tmp_path: Path,
+                                                  serve: Callable[..., Mirror]) -> None:
+    """300 connections that never finish their request head (silent, a half request line,
+    a header trickled a byte at a time) do not take a thread each and do not keep a normal
+    client from its answer; the oldest beyond the cap and every one past its head deadline
+    are closed, trickling or not. Before: a thread per connection, kept while bytes trickle."""
+    cache = tmp_path / "cache"
+    package_hash = add(cache, make_tree(tmp_path / "tree", TREES["big-and-executable"]))
+    workers = 4
+    mirror = serve(cache, env={"TREESEED_SERVE_WORKERS": str(workers),
+                               "TREESEED_SERVE_MAX_CONNECTIONS": "100",
+                               "TREESEED_SERVE_HEAD_TIMEOUT": "3"})
+    full = get(mirror, f"/{package_hash}.tar").body
+    slow, trickling = open_slow_clients(mirror.port, 300)
+    try:
+        assert server_threads(mirror) <= workers + 3  # main, relist, workers (and no more)
+        reply = get(mirror, f"/{package_hash}.tar")
+        assert (reply.status, reply.body) == (200, full)
+        still_open = wait_until_closed(slow, trickling)
+        assert not still_open, f"the server kept {len(still_open)} slow connections open"
+    finally:
+        for sock in slow:
+            sock.close()
+    assert get(mirror, "/").status == 200
+    assert "internal error" not in mirror.logged() and "Traceback" not in mirror.logged()
+
+
+def stalled_reader(mirror: Mirror, path: str) -> socket.socket:
+    """A GET whose client never reads: a tiny receive buffer, so the server blocks at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", mirror.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def test_stalled_readers_hold_only_workers_and_are_dropped(tmp_path: Path,
+                                                           serve: Callable[..., Mirror]) -> None:
+    """Clients that ask for a big body and never read it hold at most the worker threads, are
+    dropped after the write timeout (they get fewer bytes than Content-Length), and a normal
+    client queued behind them gets its whole answer. With every connection busy, one more
+    gets a quick 503 instead of a thread."""
+    cache = tmp_path / "cache"
+    package_hash = big_package(tmp_path, cache)
+    path = f"/{package_hash}.tar"
+    mirror = serve(cache, env={"TREESEED_SERVE_WORKERS": "2",
+                               "TREESEED_SERVE_WRITE_TIMEOUT": "1"})
+    readers = [stalled_reader(mirror, path) for _ in range(6)]
+    try:
+        assert server_threads(mirror) <= 2 + 3
+        reply = get(mirror, path, {"Range": "bytes=0-99"})  # queued behind the six
+        assert reply.status == 206 and len(reply.body) == 100
+        for sock in readers:
+            length, got = read_head(sock)
+            assert len(got) + len(read_to_end(sock)) < length  # dropped mid-body
+    finally:
+        for sock in readers:
+            sock.close()
+    assert "client gone" in mirror.logged()
+
+    busy = serve(cache, env={"TREESEED_SERVE_WORKERS": "2", "TREESEED_SERVE_MAX_CONNECTIONS": "2"})
+    readers = [stalled_reader(busy, path) for _ in range(2)]
+    try:
+        for sock in readers:
+            read_head(sock)  # both are being answered: every connection is busy
+        with socket.create_connection(("127.0.0.1", busy.port), timeout=TIMEOUT) as extra:
+            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            refused = read_to_end(extra)
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in refused, refused
+    finally:
+        for sock in readers:
+            sock.close()
+    answered = b""
+    wait_until = time.monotonic() + TIMEOUT
+    while not answered.startswith(b"HTTP/1.1 200") and time.monotonic() < wait_until:
+        with socket.create_connection(("127.0.0.1", busy.port), timeout=TIMEOUT) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answered = read_to_end(client)
+    assert answered.startswith(b"HTTP/1.1 200 "), answered[:60]
+
+
 def test_package_removed_while_being_served(tmp_path: Path, serve: Callable[..., Mirror]) -> None:
     """The response stops short and the connection closes (the client can tell: fewer bytes
     than Content-Length), the server carries on, and the package is then simply absent."""

@@ -11,31 +11,36 @@ Endpoints (docs/serve.md has the full contract)::
 
 Every response body is named by a hash, so each has a strong ETag and is cacheable forever;
 ``Range`` (one range) and ``If-None-Match``/``If-Range`` work on all of them. Private packages
-(:meth:`Cache.is_private`) answer exactly like absent ones, on every endpoint. Anything that is
+(:class:`PublicPackages`) answer exactly like absent ones, on every endpoint. Anything that is
 not one of those exact paths is 404: request paths are matched, never joined to the disk.
 
-Why the standard library's ``ThreadingHTTPServer``: it adds no dependency, a thread per
-connection suits blocking ``sendfile`` and file reads, and a LAN or CI mirror serves tens of
-clients, not tens of thousands. Bodies are streamed from the package files (``sendfile`` for
-large pieces, gathered small writes for headers and small files), so no response is ever held
-in memory or written to disk, and a client that goes away costs its own thread nothing more
-than an exception caught here.
+Connections: a reception loop reads request heads without blocking, each against a deadline,
+and hands whole ones to a fixed pool of worker threads (:class:`MirrorServer`, :class:`Limits`),
+so slow or silent clients cost a descriptor, not a thread, and a normal client is still
+answered. Bodies are streamed from the package files (``sendfile`` for large pieces, gathered
+small writes for headers and small files), so no response is ever held in memory or written
+to disk; a client that stops reading is dropped after ``write_timeout``. It is all standard
+library: no dependency, and blocking ``sendfile`` and file reads suit worker threads.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import queue
 import re
+import selectors
 import signal
 import socket
 import sqlite3
 import stat
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote, unquote, urlsplit
@@ -49,7 +54,6 @@ DEFAULT_BIND = "127.0.0.1:8750"
 IMMUTABLE = "public, max-age=31536000, immutable"
 NOT_CACHEABLE = "no-store"  # a 404 or a redirect may change once the package is fetched
 ALIAS_FORMATS = ("zig", "nar", "git", "swhid", "archive-sha256", "git-commit")
-REQUEST_TIMEOUT = 60.0  # seconds a connection may sit idle or a client may stall a write
 _FLUSH = 256 << 10  # gather small pieces up to this much before one send
 _SENDFILE_MIN = 64 << 10  # file pieces at least this big go out with sendfile
 _LAYOUTS_KEPT = 16
@@ -535,18 +539,43 @@ class _Sink:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """One connection. HTTP/1.1 keep-alive: every response has a Content-Length (or none of a
-    body at all), so clients reuse connections for the many Range requests of a web seed."""
+    """One request, whose head the server has already read in full (:class:`MirrorServer`).
+
+    HTTP/1.1 keep-alive: every response has a Content-Length (or none of a body at all), so
+    clients reuse connections for the many Range requests of a web seed. Between requests the
+    connection goes back to the server's reception loop, so a worker is held only while a
+    response is being written."""
 
     protocol_version = "HTTP/1.1"
     server_version = "treeseed-serve"
-    timeout = REQUEST_TIMEOUT
     # Headers and body go out in separate sends; with Nagle's algorithm the body would wait
     # for the client's delayed ACK of the headers (40 ms per small response).
     disable_nagle_algorithm = True
     error_content_type = "text/plain; charset=utf-8"
     error_message_format = "%(code)d %(message)s\n"
     server: MirrorServer
+
+    def __init__(self, sock: socket.socket, head: bytes, client_address: tuple,
+                 server: MirrorServer) -> None:
+        self._head = head
+        super().__init__(sock, client_address, server)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        """Read the request from the head already received; write straight to the socket,
+        whose timeout (``write_timeout``) bounds every send."""
+        self.connection = self.request
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = _SocketWriter(self.connection)
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+        if self.headers is not None and _has_body(self.headers):
+            self.close_connection = True  # its body was never read: the stream is out of step
+
+    def finish(self) -> None:
+        pass  # nothing buffered; the server decides whether the connection lives on
 
     def version_string(self) -> str:
         return self.server_version
@@ -656,21 +685,149 @@ class Handler(BaseHTTPRequestHandler):
         self.server.note(f"{self.address_string()} {format % args}")
 
 
-class MirrorServer(ThreadingHTTPServer):
-    """The listening socket and its threads; ``mirror`` answers, ``note`` logs requests."""
+def _has_body(headers: object) -> bool:
+    get = headers.get  # type: ignore[attr-defined]
+    return bool(get("Transfer-Encoding")) or (get("Content-Length") or "0").strip() != "0"
 
-    daemon_threads = True  # a stalled client never holds up shutting down
-    allow_reuse_address = True
-    request_queue_size = 128
+
+class _SocketWriter:
+    """``wfile`` for a handler: every write is one ``sendall``, bounded by the socket timeout."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def write(self, data: bytes) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _env_number(name: str, default: float, integer: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise ServeError(f"{name}={raw!r} is not {kind} above 0; fix or unset it")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of the server slow or many clients may hold (docs/serve.md, "Connections").
+
+    Why these: a thread per connection with only a per-read timeout let a few hundred clients
+    that trickle one header byte every few seconds hold a thread each forever. Now a request
+    head must arrive whole within ``head_timeout``; until it has, a connection costs a file
+    descriptor and a buffer, never a thread, and at most ``max_connections`` are kept. Only
+    ``workers`` threads write responses, and a client that takes no data for
+    ``write_timeout`` seconds (or more than that for one 256 KiB write) is dropped.
+    """
+
+    workers: int = 32
+    max_connections: int = 512
+    head_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    write_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The defaults, each overridden by ``TREESEED_SERVE_<NAME>`` when set."""
+        d = cls()
+        return cls(
+            workers=int(_env_number("TREESEED_SERVE_WORKERS", d.workers, integer=True)),
+            max_connections=int(_env_number("TREESEED_SERVE_MAX_CONNECTIONS", d.max_connections,
+                                            integer=True)),
+            head_timeout=_env_number("TREESEED_SERVE_HEAD_TIMEOUT", d.head_timeout),
+            idle_timeout=_env_number("TREESEED_SERVE_IDLE_TIMEOUT", d.idle_timeout),
+            write_timeout=_env_number("TREESEED_SERVE_WRITE_TIMEOUT", d.write_timeout))
+
+
+MAX_HEAD = 64 << 10  # a request head (request line and headers) larger than this gets 431
+_ACCEPTS_PER_WAKE = 64  # so reading heads goes on while a flood of connections arrives
+
+
+def _canned(status: str, body: str) -> bytes:
+    """A whole response sent with one non-blocking send by the reception loop."""
+    data = body.encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nRetry-After: 1\r\n"
+            f"Connection: close\r\n\r\n").encode() + data
+
+
+_BUSY = _canned("503 Service Unavailable", "busy: too many connections; try again shortly\n")
+_TOO_LARGE = _canned("431 Request Header Fields Too Large",
+                     f"request head over {MAX_HEAD} bytes\n")
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A connection waiting for (the rest of) a request head, in the reception loop."""
+
+    sock: socket.socket
+    address: tuple
+    buffer: bytearray
+    deadline: float
+    begun: bool  # has a byte of this request arrived? (before that, idle_timeout applies)
+
+
+def _head_end(buffer: bytearray) -> int | None:
+    """Where the request head in ``buffer`` ends (after its blank line), or None if it has
+    not all arrived. Empty lines before a request line are dropped (RFC 9112 2.2)."""
+    blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
+    if blank:
+        del buffer[:blank]
+    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := buffer.find(sep)) >= 0]
+    return min(ends) if ends else None
+
+
+class MirrorServer:
+    """The listening socket, a reception loop that reads request heads, and a pool of workers
+    that answer them; ``mirror`` answers, ``note`` logs requests.
+
+    The reception loop (in the thread that calls :meth:`serve_forever`) accepts connections
+    and reads request heads without blocking, each against its deadline, so a slow or silent
+    client costs a descriptor, not a thread. A complete head goes to a worker; after the
+    response a keep-alive connection comes back to wait for its next request.
+    """
 
     def __init__(self, address: tuple[str, int], mirror: Mirror, quiet: bool,
-                 err: TextIO, family: socket.AddressFamily = socket.AF_INET) -> None:
-        self.address_family = family
+                 err: TextIO, family: socket.AddressFamily = socket.AF_INET,
+                 limits: Limits | None = None) -> None:
         self.mirror = mirror
         self.quiet = quiet
         self.err = err
+        self.limits = limits or Limits()
         self._err_lock = threading.Lock()
-        super().__init__(address, Handler)
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(128)
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self._waiting: OrderedDict[socket.socket, _Waiting] = OrderedDict()  # oldest first
+        self._lock = threading.Lock()  # guards _busy and _returned
+        self._busy = 0  # connections handed to the workers and not closed or taken back
+        self._returned: list[tuple[socket.socket, tuple, bytes]] = []
+        self._jobs: queue.SimpleQueue[tuple[socket.socket, tuple, bytes, bytes] | None] = \
+            queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._stopping = threading.Event()
+        self._running = threading.Event()
+        self._stopped = threading.Event()
+        self._workers: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
@@ -684,17 +841,214 @@ class MirrorServer(ThreadingHTTPServer):
             print(line, file=self.err, flush=True)
 
     def note(self, line: str) -> None:
-        """Request lines and client disconnects: hidden with -q."""
+        """Request lines, dropped and timed-out clients: hidden with -q."""
         if not self.quiet:
             self.log(line)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        """One line instead of socketserver's traceback; the server carries on."""
+        """One line instead of a traceback; the server carries on."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             self.note(f"treeseed serve: {client_address}: connection lost ({exc})")
         else:
             self.log(f"treeseed serve: {client_address}: internal error: {exc!r}")
+
+    # ---- the reception loop
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept and read request heads until :meth:`shutdown` (or an exception, such as the
+        one SIGINT raises in the main thread)."""
+        self._start_workers()
+        self.mirror.packages.start()
+        self._selector.register(self.socket, selectors.EVENT_READ, "accept")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._running.set()
+        try:
+            while not self._stopping.is_set():
+                for key, _ in self._selector.select(self._next_wait(poll_interval)):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._take_returned()
+                    elif key.data.sock in self._waiting:  # not closed earlier in this batch
+                        self._read(key.data)
+                self._expire()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever`, running in another thread, and wait for it to return."""
+        self._stopping.set()
+        self._wake()
+        if self._running.is_set():
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket and every waiting connection; workers finish the
+        response they are writing and stop."""
+        self._stopping.set()
+        self.mirror.packages.stop()
+        for sock in (self.socket, *self._waiting):
+            sock.close()
+        self._waiting.clear()
+        for _ in self._workers:
+            self._jobs.put(None)
+        self._selector.close()
+        self._wake_w.close()
+        self._wake_r.close()
+
+    def _start_workers(self) -> None:
+        for i in range(self.limits.workers):
+            worker = threading.Thread(target=self._work, name=f"treeseed-serve-worker-{i}",
+                                      daemon=True)  # a stalled client never holds up stopping
+            worker.start()
+            self._workers.append(worker)
+
+    def _next_wait(self, poll_interval: float) -> float:
+        if not self._waiting:
+            return poll_interval
+        soonest = min(w.deadline for w in self._waiting.values())
+        return max(0.0, min(poll_interval, soonest - time.monotonic()))
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: make room, and say what to raise
+                self.log(f"treeseed serve: cannot accept a connection: {exc.strerror or exc}; "
+                         "raise the open-files limit (ulimit -n) or lower "
+                         "TREESEED_SERVE_MAX_CONNECTIONS")
+                if self._waiting:
+                    self._close_waiting(next(iter(self._waiting.values())))
+                return
+            self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: tuple) -> None:
+        """Keep a new connection, within ``max_connections``: at the cap, the connection that
+        has waited longest for its request head is closed to make room; if every connection
+        is being answered, the new one gets a 503."""
+        with self._lock:
+            held = len(self._waiting) + self._busy
+        if held >= self.limits.max_connections:
+            if not self._waiting:
+                self._refuse(sock, _BUSY)
+                return
+            oldest = next(iter(self._waiting.values()))
+            self.note(f"{oldest.address[0]} closed: {self.limits.max_connections} connections "
+                      "open, and this one waited longest for its request")
+            self._close_waiting(oldest)
+        sock.setblocking(False)
+        deadline = time.monotonic() + self.limits.head_timeout
+        self._wait(_Waiting(sock, address, bytearray(), deadline, begun=True))
+
+    def _wait(self, waiting: _Waiting) -> None:
+        """Wait for the rest of a request head, or hand a complete one to a worker at once
+        (pipelined requests arrive with the previous one)."""
+        if _head_end(waiting.buffer) is not None:
+            self._dispatch(waiting)
+            return
+        self._waiting[waiting.sock] = waiting
+        self._selector.register(waiting.sock, selectors.EVENT_READ, waiting)
+
+    def _read(self, waiting: _Waiting) -> None:
+        try:
+            data = waiting.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_waiting(waiting)
+            return
+        if not waiting.begun:  # a kept-alive connection starts its next request
+            waiting.begun = True
+            waiting.deadline = time.monotonic() + self.limits.head_timeout
+        waiting.buffer += data
+        if _head_end(waiting.buffer) is not None:
+            self._unwait(waiting)
+            self._dispatch(waiting)
+        elif len(waiting.buffer) > MAX_HEAD:
+            self._unwait(waiting)
+            self._refuse(waiting.sock, _TOO_LARGE)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for waiting in [w for w in self._waiting.values() if w.deadline <= now]:
+            if waiting.begun:
+                self.note(f"{waiting.address[0]} closed: no whole request within "
+                          f"{self.limits.head_timeout:g} s")
+            self._close_waiting(waiting)
+
+    def _unwait(self, waiting: _Waiting) -> None:
+        self._selector.unregister(waiting.sock)
+        del self._waiting[waiting.sock]
+
+    def _close_waiting(self, waiting: _Waiting) -> None:
+        self._unwait(waiting)
+        waiting.sock.close()
+
+    def _refuse(self, sock: socket.socket, answer: bytes) -> None:
+        """Send a canned answer if the socket takes it at once, then close."""
+        try:
+            sock.send(answer, socket.MSG_DONTWAIT)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _dispatch(self, waiting: _Waiting) -> None:
+        end = _head_end(waiting.buffer)
+        assert end is not None
+        head, rest = bytes(waiting.buffer[:end]), bytes(waiting.buffer[end:])
+        with self._lock:
+            self._busy += 1
+        self._jobs.put((waiting.sock, waiting.address, head, rest))
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wake-up is already pending) or closed
+            pass
+
+    def _take_returned(self) -> None:
+        """Kept-alive connections back from the workers: wait for their next request."""
+        try:
+            self._wake_r.recv(4096)
+        except OSError:
+            pass
+        with self._lock:
+            returned, self._returned = self._returned, []
+            self._busy -= len(returned)
+        now = time.monotonic()
+        for sock, address, rest in returned:  # a pipelined request has begun already
+            sock.setblocking(False)
+            wait = self.limits.head_timeout if rest else self.limits.idle_timeout
+            self._wait(_Waiting(sock, address, bytearray(rest), now + wait, begun=bool(rest)))
+
+    # ---- the workers
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            sock, address, head, rest = job
+            if self._answer(sock, address, head) and not self._stopping.is_set():
+                with self._lock:
+                    self._returned.append((sock, address, rest))
+                self._wake()
+                continue
+            with self._lock:
+                self._busy -= 1
+            sock.close()
+
+    def _answer(self, sock: socket.socket, address: tuple, head: bytes) -> bool:
+        """Answer one request; True if the connection may carry another."""
+        try:
+            sock.settimeout(self.limits.write_timeout)
+            return not Handler(sock, head, address, self).close_connection
+        except Exception:  # one line in the log; the server carries on
+            self.handle_error(sock, address)
+            return False
 
 
 # --------------------------------------------------------------------------- starting
@@ -714,20 +1068,42 @@ def parse_bind(text: str) -> tuple[str, int, socket.AddressFamily]:
 
 
 def make_server(cache_root: Path, bind: str = DEFAULT_BIND, quiet: bool = False,
-                err: TextIO | None = None) -> MirrorServer:
-    """A bound, not yet running mirror of the cache at ``cache_root``."""
+                err: TextIO | None = None, limits: Limits | None = None) -> MirrorServer:
+    """A bound, not yet running mirror of the cache at ``cache_root``; ``limits`` default to
+    :meth:`Limits.from_env`."""
     err = err or sys.stderr
     host, port, family = parse_bind(bind)
+    limits = _fit_open_files(limits or Limits.from_env())
 
     def log(line: str) -> None:
         print(line, file=err, flush=True)
 
     mirror = Mirror(cache_root, Privacy(log), log)
     try:
-        return MirrorServer((host, port), mirror, quiet, err, family)
+        return MirrorServer((host, port), mirror, quiet, err, family, limits)
     except OSError as exc:
         raise ServeError(f"cannot listen on {bind}: {exc.strerror or exc}; choose another "
                          "address with --bind (port 0 picks a free one)") from None
+
+
+def _fit_open_files(limits: Limits) -> Limits:
+    """Raise the soft open-files limit to hold ``max_connections`` (plus files being sent and
+    the index), as far as the hard limit allows: running out would stop accepting at all."""
+    import resource
+
+    needed = limits.max_connections + 2 * limits.workers + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        if target < needed:
+            raise ServeError(f"TREESEED_SERVE_MAX_CONNECTIONS={limits.max_connections} needs "
+                             f"{needed} open files but the limit is {target}; raise it with "
+                             "'ulimit -n' or lower TREESEED_SERVE_MAX_CONNECTIONS")
+    return limits
 
 
 class _Stop(BaseException):
