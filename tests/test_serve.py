@@ -708,6 +708,32 @@ def test_private_and_absent_take_the_same_path(tmp_path: Path,
         thread.join(timeout=TIMEOUT)
 
 
+def test_any_host_is_answered_but_nothing_private(tmp_path: Path,
+                                                  serve: Callable[..., Mirror]) -> None:
+    """serve is for a LAN, so it answers whatever Host a client names (unlike the seeder's
+    status page). A DNS-rebinding page can therefore read what any LAN client can: public
+    packages and the index, never a private package, a cache path or the server's pid."""
+    cache = tmp_path / "cache"
+    hidden = add(cache, make_tree(tmp_path / "priv", {
+        "treeseed.toml": b'[package]\nname = "hidden"\nprivate = true\n', "f": b"1\n"}))
+    shown = add(cache, make_tree(tmp_path / "pub", {"f": b"2\n"}))
+    mirror = serve(cache)
+    secrets = [hidden, "hidden", str(tmp_path), str(mirror.proc.pid)]
+    for host in ("attacker.example", "127.0.0.1.attacker.example", "localhost"):
+        replies = [get(mirror, p, {"Host": host}) for p in
+                   ("/", f"/{hidden}.tar", f"/{hidden}.torrent", f"/{shown}.tar", "/nothing")]
+        assert [r.status for r in replies] == [200, 404, 404, 200, 404], host
+        assert shown in replies[0].body.decode()
+        for reply in replies:
+            text = reply.body.decode("latin-1") + str(reply.headers)
+            assert not any(secret in text for secret in secrets), (host, text[:200])
+    sock = socket.create_connection(("127.0.0.1", mirror.port), timeout=TIMEOUT)
+    with sock:  # a malformed request: its error page names nothing either
+        sock.sendall(b"GET /%s HTTP/9.9\r\nHost: attacker.example\r\n\r\n" % hidden.encode())
+        answer = read_to_end(sock).decode("latin-1")
+    assert "505" in answer and str(tmp_path) not in answer and hidden not in answer
+
+
 # --------------------------------------------------------------------------- robustness
 
 

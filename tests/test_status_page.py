@@ -11,6 +11,7 @@ download is still there after, so what changed was redrawn by the page's own pol
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import select
@@ -22,10 +23,12 @@ from pathlib import Path
 import pytest
 from swarmkit import Peer, random_package, wait_for
 
+from treeseed.swarm.status import host_allowed
+
 pytest.importorskip("libtorrent", reason="pip install libtorrent (the swarm's BitTorrent engine)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: "
-                                "apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: "
+                                    "apt-get install chromium)")
 
 
 class Chromium:
@@ -124,6 +127,7 @@ def cells(page: dict, package_hash: str) -> dict[str, str]:
     return dict(zip(COLUMNS, page["rows"][package_hash], strict=True))
 
 
+@needs_chromium
 def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:
     hidden_name = "secret-by-setting"
     seeder = Peer(tmp_path / "seeder", private=[hidden_name])
@@ -171,3 +175,86 @@ def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:
     assert float(cells(page, alpha)["copies"]) >= 1.0
     assert cells(page, hashes["beta"])["uploaded"] == "0 B"
     assert all(h not in page["text"] and n not in page["text"] for h, n in hidden.items())
+
+
+# --------------------------------------------------------------------------- DNS rebinding
+
+#: Host headers a DNS-rebinding page (or anything but a loopback client) would send.
+HOSTILE_HOSTS = ["attacker.example", "attacker.example:{port}", "127.0.0.1.attacker.example",
+                 "localhost.attacker.example", "localhost.attacker.example:{port}",
+                 "evil.localhost", "127.1", "0x7f000001", "2130706433", "[::ffff:127.0.0.1]",
+                 "192.168.1.5:{port}", "localhost:{port}@attacker.example", ""]
+LOOPBACK_HOSTS = ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LocalHost",
+                  "127.8.9.10:{port}", "[::1]:{port}", "[::1]"]
+
+
+def raw_exchange(port: int, head: bytes) -> tuple[int, bytes]:
+    """Send a request head exactly as given (any Host header, or none, or two); the status
+    and body of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    return int(head_part.split(b" ", 2)[1]), body
+
+
+def test_status_page_answers_only_loopback_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a page on attacker.example whose name now points at 127.0.0.1 must not
+    read the status page. Every request naming another host (or none, or two) gets a one-line
+    421 that tells nothing about the seeder; loopback names get the page and its JSON."""
+    seeder = Peer(tmp_path / "seeder")
+    with seeder.seeding() as status:
+        port = int(status["status_url"].rsplit(":", 1)[1].strip("/"))
+        secrets = [str(status["pid"]), str(tmp_path)]
+        for template in HOSTILE_HOSTS:
+            host = template.format(port=port)
+            for path in ("/", "/status.json", "/nothing"):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                try:
+                    conn.request("GET", path, headers={"Host": host})
+                    reply = conn.getresponse()
+                    body = reply.read().decode()
+                finally:
+                    conn.close()
+                assert reply.status == 421, (host, path, reply.status)
+                assert body.endswith("\n") and body.count("\n") == 1, body
+                assert not any(secret in body for secret in secrets), body
+        for head in (b"GET /status.json HTTP/1.1\r\nConnection: close\r\n\r\n",  # no Host
+                     b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example"
+                     b"\r\nConnection: close\r\n\r\n",
+                     b"GET /status.json HTTP/1.0\r\n\r\n"):
+            code, body = raw_exchange(port, head)
+            assert code == 421 and str(status["pid"]).encode() not in body, head
+        for template in LOOPBACK_HOSTS:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("GET", "/status.json", headers={"Host": template.format(port=port)})
+                reply = conn.getresponse()
+                answer = reply.read()
+            finally:
+                conn.close()
+            assert reply.status == 200, template
+            assert json.loads(answer)["pid"] == status["pid"]
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("localhost", True), ("LOCALHOST:8080", True), ("127.0.0.1", True), ("127.255.0.1:1", True),
+    ("[::1]", True), ("[::1]:80", True),
+    ("attacker.example", False), ("127.0.0.1.attacker.example", False),
+    ("localhost.attacker.example", False), ("a.localhost", False), ("127.1", False),
+    ("[::ffff:127.0.0.1]", False), ("localhost:", False), ("localhost:1:2", False),
+    ("", False), (None, False), ("10.0.0.1", False),
+])
+def test_host_allowed(host: str | None, allowed: bool) -> None:
+    assert host_allowed(host) is allowed
+
+
+def test_host_allowed_names_the_specific_bound_address() -> None:
+    """Bound to a LAN address on purpose (--status-bind 192.168.1.5:8080), that address is
+    allowed too; an attacker's name still is not."""
+    also = frozenset({"192.168.1.5"})
+    assert host_allowed("192.168.1.5:8080", also) and not host_allowed("attacker.example", also)

@@ -3,11 +3,19 @@
 ``GET /`` is one self-contained HTML page (no external assets: it must work on an offline
 LAN) whose script polls ``GET /status.json`` every second and redraws, so it refreshes itself
 without reloading. It binds to loopback by default: it names every package this cache seeds.
+
+Binding to loopback is not enough on its own: with DNS rebinding, a web page on
+``attacker.example`` can make the browser send its requests to 127.0.0.1 and read the answers
+(pid, paths, package names), since to the browser they are same-origin. Such a request still
+says ``Host: attacker.example``, so the page answers only requests whose ``Host`` is a loopback
+name or address (:func:`host_allowed`), and ``421`` to anything else.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -60,12 +68,56 @@ refresh();setInterval(refresh,1000);
 """
 
 
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+
+
+def host_allowed(host: str | None, also: frozenset[str] = frozenset()) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: ``localhost``, an IPv4 address
+    in 127.0.0.0/8 in dotted-quad form, or ``[::1]``, each with or without a port; or one of
+    ``also`` (the address the page was bound to, when that is a specific non-loopback one).
+
+    Nothing else: not ``*.localhost`` (not every resolver keeps those on the machine), not
+    ``127.1`` or ``0x7f000001`` (other spellings a browser may send to 127.0.0.1 but no
+    rebinding needs), and not a missing Host. An attacker's DNS name never matches."""
+    m = _HOST.fullmatch(host.strip()) if host else None
+    if m is None:
+        return False
+    if m["v6"] is not None:
+        try:
+            address = ipaddress.IPv6Address(m["v6"])
+        except ValueError:
+            return False
+        return address.is_loopback or str(address) in also
+    name = m["name"].lower()
+    if name == "localhost" or name in also:
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _bound_names(host: str) -> frozenset[str]:
+    """The bound address, when it is a specific one a LAN client would name in its Host."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return frozenset()
+    return frozenset() if address.is_unspecified else frozenset({str(address)})
+
+
 def serve_status(seeder: Seeder, bind: str) -> tuple[ThreadingHTTPServer, str]:
     """Start the status page on ``bind`` (host:port; port 0 picks one); return server and URL."""
     host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    also = _bound_names(host)
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a loopback page: a client that stalls this long is gone or hostile
+
         def do_GET(self) -> None:
+            if not self._host_ok():
+                return
             if self.path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", PAGE.encode())
             elif self.path == "/status.json":
@@ -73,18 +125,29 @@ def serve_status(seeder: Seeder, bind: str) -> tuple[ThreadingHTTPServer, str]:
             else:
                 self._send(404, "text/plain", b"not found\n")
 
+        def _host_ok(self) -> bool:
+            """Refuse, in one line, any request not addressed to a loopback name (above)."""
+            hosts = self.headers.get_all("Host") or []
+            if len(hosts) == 1 and host_allowed(hosts[0], also):
+                return True
+            self._send(421, "text/plain; charset=utf-8",
+                       b"421 misdirected request: this page answers only to Host: localhost or a "
+                       b"loopback address; open the URL 'treeseed seed status' prints\n")
+            return False
+
         def _send(self, code: int, kind: str, body: bytes) -> None:
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # the page polls every second: logging each poll would drown the seeder's log
 
-    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port or 0)), Handler)
+    server = ThreadingHTTPServer((host, int(port or 0)), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="treeseed-status", daemon=True).start()
     actual_host, actual_port = server.server_address[:2]
