@@ -6,7 +6,8 @@ misleading name, and given to ``treeseed fetch`` and ``treeseed hash`` in a subp
 archive must end in exactly one ``treeseed: error:`` line naming the archive, the entry and the
 problem, exit status 1, no traceback, nothing written outside the cache's ``tmp/`` (the whole
 test directory is snapshotted around the run) and nothing added to the cache. The positive half
-checks what a good archive becomes: format sniffed from content, 0644/0755 modes only, one
+checks what a good archive becomes: format sniffed from content, only the owner-exec bit kept
+(installed read-only: 0444/0555), one
 top-level directory stripped, excluded fifos and devices ignored, zip symlinks and exec bits,
 multi-member / multi-stream compressed data.
 """
@@ -31,11 +32,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from treeseed.cache import EXEC_MODE, FILE_MODE
 from treeseed.errors import UnpackError
 from treeseed.tar import TarReader
 from treeseed.unpack import Limits, TreeWriter, unpack_archive
 
 MiB = 1 << 20
+# Installed packages are read-only (treeseed.cache.seal): what unpacking writes 0644 / 0755.
+RO, RX = oct(FILE_MODE), oct(EXEC_MODE)
 
 # --------------------------------------------------------------------------- archive builders
 
@@ -879,11 +883,11 @@ def tree(root: Path) -> dict[str, tuple[str, int | str]]:
 
 
 EXPECTED_GOOD = {
-    "README": ("0o644", 6),
+    "README": (RO, 6),
     "bin": ("dir", 0),
-    "bin/run": ("0o755", 18),
+    "bin/run": (RX, 18),
     "src": ("dir", 0),
-    "src/lib.c": ("0o644", 7000),
+    "src/lib.c": (RO, 7000),
     "link": ("link", "src/lib.c"),
 }
 
@@ -923,8 +927,9 @@ def test_only_owner_exec_bit_survives(tmp_path: Path, mode: int, expected: int, 
     else:
         data = zip_bytes([("tool", b"#!/bin/sh\n", REG | mode), ("other", b"x", REG | 0o644)])
     _, path = fetch_ok(tmp_path, write(tmp_path, "x", data))
-    assert stat.S_IMODE((path / "tool").lstat().st_mode) == expected
-    assert stat.S_IMODE((path / "other").lstat().st_mode) == 0o644
+    installed = {0o755: EXEC_MODE, 0o644: FILE_MODE}[expected]  # the cache seals packages read-only
+    assert stat.S_IMODE((path / "tool").lstat().st_mode) == installed
+    assert stat.S_IMODE((path / "other").lstat().st_mode) == FILE_MODE
 
 
 @pytest.mark.parametrize(("names", "expected"), [
@@ -959,8 +964,8 @@ def test_excluded_specials_are_not_an_error(tmp_path: Path, kind: str) -> None:
             ("pkg/src/ctl.fifo", b"", stat.S_IFIFO | 0o644),
         ])
     _, path = fetch_ok(tmp_path, write(tmp_path, "special.tar.gz", data))
-    assert tree(path) == {"treeseed.toml": ("0o644", len(toml)), "src": ("dir", 0),
-                          "src/a.c": ("0o644", 7)}
+    assert tree(path) == {"treeseed.toml": (RO, len(toml)), "src": ("dir", 0),
+                          "src/a.c": (RO, 7)}
 
 
 def test_zip_symlinks_and_exec_bits(tmp_path: Path) -> None:
@@ -974,11 +979,11 @@ def test_zip_symlinks_and_exec_bits(tmp_path: Path) -> None:
     _, path = fetch_ok(tmp_path, write(tmp_path, "z.tar", data))
     assert tree(path) == {
         "bin": ("dir", 0),
-        "bin/tool": ("0o755", 10),
-        "bin/data": ("0o644", 1),
+        "bin/tool": (RX, 10),
+        "bin/data": (RO, 1),
         "tool": ("link", "bin/tool"),
         "dir-link": ("link", "bin"),
-        "dos.txt": ("0o644", 12),
+        "dos.txt": (RO, 12),
     }
 
 
@@ -990,7 +995,7 @@ def test_tar_hardlinks_become_copies(tmp_path: Path) -> None:
         member("pkg/l2", type=tarfile.LNKTYPE, linkname="pkg/l"),
     ])
     _, path = fetch_ok(tmp_path, write(tmp_path, "h.tar", data))
-    assert tree(path) == {"a": ("0o755", 6), "sub": ("dir", 0), "sub/b": ("0o644", 6),
+    assert tree(path) == {"a": (RX, 6), "sub": ("dir", 0), "sub/b": (RO, 6),
                           "l": ("link", "a"), "l2": ("link", "a")}
     assert (path / "a").stat().st_ino != (path / "sub" / "b").stat().st_ino
 
