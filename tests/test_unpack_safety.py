@@ -7,9 +7,8 @@ archive must end in exactly one ``treeseed: error:`` line naming the archive, th
 problem, exit status 1, no traceback, nothing written outside the cache's ``tmp/`` (the whole
 test directory is snapshotted around the run) and nothing added to the cache. The positive half
 checks what a good archive becomes: format sniffed from content, only the owner-exec bit kept
-(installed read-only: 0444/0555), one
-top-level directory stripped, excluded fifos and devices ignored, zip symlinks and exec bits,
-multi-member / multi-stream compressed data.
+(installed read-only: 0444/0555), one top-level directory stripped, excluded fifos and devices
+ignored, zip symlinks and exec bits, multi-member / multi-stream compressed data.
 """
 
 from __future__ import annotations
