@@ -142,9 +142,13 @@ def get(mirror: Mirror, path: str, headers: dict[str, str] | None = None, method
 # --------------------------------------------------------------------------- packages
 
 
-def add(cache: Path, root: Path, *args: str) -> str:
-    """``treeseed fetch`` a directory or archive into ``cache``; its hash."""
-    return run_cli("fetch", str(root), *args, cache=cache).stdout.split("\t", 1)[0]
+def add(cache: Path, root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """``treeseed fetch`` a directory or archive into ``cache``; its hash. A package from a
+    local path is served only once shared (``seed --share``, in the settings ``env`` names),
+    as a user would."""
+    package_hash = run_cli("fetch", str(root), *args, cache=cache, env=env).stdout.split("\t", 1)[0]
+    run_cli("seed", "--share", package_hash, cache=cache, env=env)
+    return package_hash
 
 
 def fetch_from(cache: Path, url: str, expected: str) -> str:
@@ -535,7 +539,7 @@ def test_nix_fetches_through_the_hashed_mirror(tmp_path: Path, serve: Callable[.
         (nix / name).mkdir(parents=True)
         env[var] = str(nix / name)
     (nix / "conf" / "nix.conf").write_text(
-        f"store = {nix / 'store'}\nsubstituters =\nsandbox = false\n"
+        f"store = {nix / 'store'}\nsubstituters =\nsandbox = false\nbuild-users-group =\n"
         f"hashed-mirrors = {mirror.url}\n")
     origin = f"http://127.0.0.1:{closed_port()}/pkg-1.0.tar.gz"
     expr = f'import <nix/fetchurl.nix> {{ url = "{origin}"; sha256 = "{digest}"; }}'
@@ -551,7 +555,10 @@ def test_nix_fetches_through_the_hashed_mirror(tmp_path: Path, serve: Callable[.
 
 
 def write_config(path: Path, private: list[str]) -> None:
-    path.write_text("private = [" + ", ".join(f'"{p}"' for p in private) + "]\n")
+    """Set the ``private`` setting, keeping the rest of the file (the ``share`` setting)."""
+    rest = path.read_text().splitlines(keepends=True) if path.exists() else []
+    kept = "".join(line for line in rest if line.startswith("share"))
+    path.write_text(kept + "private = [" + ", ".join(f'"{p}"' for p in private) + "]\n")
 
 
 def test_private_packages_are_absent_on_every_endpoint(tmp_path: Path,
@@ -570,10 +577,10 @@ def test_private_packages_are_absent_on_every_endpoint(tmp_path: Path,
         "public": make_tar_gz(tmp_path, "public",
                               {"treeseed.toml": manifest % (b"open", b"false"), "f": b"4\n"}),
     }
-    hashes = {k: add(cache, a, "--format", "nar") for k, a in archives.items()}
-    kept = {k: Cache(cache).keep_archive(a) for k, a in archives.items()}
     config = tmp_path / "config.toml"
     env = {"TREESEED_CONFIG": str(config)}
+    hashes = {k: add(cache, a, "--format", "nar", env=env) for k, a in archives.items()}
+    kept = {k: Cache(cache).keep_archive(a) for k, a in archives.items()}
     run_cli("config", "set", "private", f"secret,{hashes['by-hash']}", env=env)
     mirror = serve(cache, env=env)
     nar = {k: quote(Cache(cache).aliases(h)["nar"], safe="") for k, h in hashes.items()}
@@ -602,12 +609,38 @@ def test_private_packages_are_absent_on_every_endpoint(tmp_path: Path,
 
     write_config(config, ["secret", hashes["by-hash"], "open"])  # made private while serving
     assert all(get(mirror, path).status == 404 for path in endpoints("public"))
-    config.write_text("private = [not toml\n")  # broken: nothing may go out
+    shared = [line for line in config.read_text().splitlines(keepends=True) if line.startswith("share")]
+    config.write_text("".join(shared) + "private = [not toml\n")  # broken: nothing may go out
     assert get(mirror, f"/{hashes['public']}.tar").status == 404
     assert "serving no package until the settings are fixed" in mirror.logged()
     write_config(config, [])
     assert get(mirror, f"/{hashes['by-name']}.tar").status == 200
     assert get(mirror, f"/{hashes['by-manifest']}.tar").status == 404  # its manifest says so
+
+
+def test_local_packages_are_served_only_once_shared(tmp_path: Path,
+                                                   serve: Callable[..., Mirror]) -> None:
+    """A package fetched from a local path (it may be anyone's home directory) is absent from
+    the mirror until the user shares it; one fetched over HTTP needs no such word."""
+    from httpserver import Reply as Route
+    from httpserver import Server
+
+    cache = tmp_path / "cache"
+    local = run_cli("fetch", str(make_tree(tmp_path / "mine", {"f": b"mine\n"})),
+                    cache=cache).stdout.split("\t", 1)[0]
+    origin = Server()
+    try:
+        archive = make_tar_gz(tmp_path, "net", {"f": b"from the network\n"})
+        origin.routes["/net.tar.gz"] = Route(200, archive.read_bytes())
+        remote = run_cli("fetch", origin.url("/net.tar.gz"), cache=cache).stdout.split("\t", 1)[0]
+    finally:
+        origin.close()
+    mirror = serve(cache)
+    assert get(mirror, f"/{remote}.tar").status == 200
+    assert get(mirror, f"/{local}.tar").status == 404
+    assert local not in get(mirror, "/").body.decode()
+    run_cli("seed", "--share", local, cache=cache)
+    assert get(mirror, f"/{local}.tar").status == 200  # the settings changed: decided again
 
 
 class FileTouches:
@@ -657,13 +690,13 @@ def test_private_and_absent_take_the_same_path(tmp_path: Path,
     from treeseed.serve import make_server
 
     cache = tmp_path / "cache"
-    private = add(cache, make_tree(tmp_path / "priv", {
-        "treeseed.toml": b'[package]\nname = "hidden"\nprivate = true\n', "f": b"1\n"}),
-        "--format", "nar")
-    public = add(cache, make_tree(tmp_path / "pub", {"f": b"2\n"}))
     config = tmp_path / "config.toml"
     write_config(config, [])
     monkeypatch.setenv("TREESEED_CONFIG", str(config))
+    private = add(cache, make_tree(tmp_path / "priv", {
+        "treeseed.toml": b'[package]\nname = "hidden"\nprivate = true\n', "f": b"1\n"}),
+        "--format", "nar")  # shared too: private wins
+    public = add(cache, make_tree(tmp_path / "pub", {"f": b"2\n"}))
     nar = quote(Cache(cache).aliases(private)["nar"], safe="")
     absent_nar = quote("sha256-" + base64.b64encode(bytes(range(32))).decode(), safe="")
     server = make_server(cache, "127.0.0.1:0", quiet=True, err=io.StringIO())

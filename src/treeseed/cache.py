@@ -189,6 +189,14 @@ class Cache:
         rows = self.db.execute("SELECT mark FROM marks WHERE hash = ?", (package_hash,))
         return {r[0] for r in rows}
 
+    def all_marks(self) -> dict[str, set[str]]:
+        """Every package's marks in one query (``serve`` decides for the whole cache at once)."""
+        found: dict[str, set[str]] = {}
+        if (self.root / "index.sqlite").exists():
+            for package_hash, mark in self.db.execute("SELECT hash, mark FROM marks"):
+                found.setdefault(package_hash, set()).add(mark)
+        return found
+
     def aliases(self, package_hash: str) -> dict[str, str]:
         rows = self.db.execute("SELECT format, value FROM aliases WHERE hash = ?", (package_hash,))
         return dict(rows.fetchall())

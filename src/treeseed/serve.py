@@ -42,13 +42,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import quote, unquote, urlsplit
 
 from .cache import Cache
 from .errors import TreeseedError
 from .ids import is_bt2
 from .tarstream import FileSlice, TarLayout
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 DEFAULT_BIND = "127.0.0.1:8750"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -114,9 +117,10 @@ def file_resource(path: Path, size: int, etag: str, content_type: str,
 
 
 class Privacy:
-    """The ``private`` setting, re-read whenever the settings file changes while serving, so a
-    package made private takes effect without a restart. If the file turns unreadable or
-    invalid, every package is treated as private until it is fixed: never publish by accident."""
+    """The settings that decide what may be served (``private``, ``share``), re-read whenever
+    the settings file changes while serving, so a package made private takes effect without a
+    restart. If the file turns unreadable or invalid, every package is treated as private
+    until it is fixed: never publish by accident."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
         from .config import config_path, settings
@@ -125,7 +129,7 @@ class Privacy:
         self._log = log
         self._lock = threading.Lock()
         self._stamp = self._stat()
-        self._listed: tuple[str, ...] | None = tuple(settings().private)  # errors stop startup
+        self._settings: Settings | None = settings()  # errors stop startup
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -134,20 +138,20 @@ class Privacy:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def listed(self) -> tuple[str, ...] | None:
-        """The private names and hashes; None means "the settings are broken: hide everything"."""
+    def settings(self) -> Settings | None:
+        """The current settings; None means "they are broken: hide everything"."""
         stamp = self._stat()
         with self._lock:
             if stamp != self._stamp:
                 self._stamp = stamp
-                self._listed = self._reload()
-            return self._listed
+                self._settings = self._reload()
+            return self._settings
 
-    def _reload(self) -> tuple[str, ...] | None:
+    def _reload(self) -> Settings | None:
         from .config import settings
 
         try:
-            return tuple(settings().private)
+            return settings()
         except TreeseedError as exc:
             self._log(f"treeseed serve: serving no package until the settings are fixed: {exc}")
             return None
@@ -162,36 +166,23 @@ def _dir_stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_nlink, st.st_ino)
 
 
-def _manifest_says(package_dir: Path, package_hash: str) -> tuple[str | None, bool]:
-    """(name, private) from the package's own ``treeseed.toml``, read from the tree itself so a
-    stale or rebuilt index can never make a private package public. Unreadable: private."""
-    from .manifest import MANIFEST_NAME, load
-
-    path = package_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None, False
-    try:
-        manifest = load(path, f"{package_hash}: {MANIFEST_NAME}")
-    except (TreeseedError, OSError):
-        return None, True
-    return manifest.name, bool(manifest.private)
-
-
 class PublicPackages:
     """The set of cached packages that may be served, computed ahead of requests.
 
     Why a set: deciding at request time meant reading a package's manifest only when the
     package exists, so a private package's 404 took measurably longer than an absent one's, a
     timing oracle for what a cache holds. Now every request costs the same two ``stat`` calls
-    (the settings file and ``p/``, whatever the hash) and one set lookup; manifests are read
-    only when ``p/`` or the settings change (and every :data:`RELIST` seconds, in case a change
-    fell within one mtime tick), never for the hash being asked. A package's manifest cannot
-    change under its hash, so each is read once.
+    (the settings file and ``p/``, whatever the hash) and one set lookup; the decision
+    (:meth:`treeseed.sharing.Sharing.publishable`, the one place that makes it) is taken only
+    when ``p/`` or the settings change, and every :data:`RELIST` seconds (a change within one
+    mtime tick, or new index marks), never for the hash being asked. A package's manifest
+    cannot change under its hash, so each is read once.
     """
 
     RELIST = 5.0
 
     def __init__(self, cache_root: Path, privacy: Privacy) -> None:
+        self._cache_root = cache_root
         self._packages_dir = Cache(cache_root).packages_dir
         self._privacy = privacy
         self._lock = threading.Lock()
@@ -205,11 +196,12 @@ class PublicPackages:
 
     def current(self, force: bool = False) -> frozenset[str]:
         """The public hashes, recomputed first if ``p/`` or the settings changed."""
-        listed = self._privacy.listed()
-        key = (_dir_stamp(self._packages_dir), listed)
+        settings = self._privacy.settings()
+        decides = None if settings is None else (tuple(settings.private), tuple(settings.share))
+        key = (_dir_stamp(self._packages_dir), decides)
         with self._lock:
             if force or key != self._computed_for:
-                self._recompute(listed)
+                self._recompute(settings)
                 self._computed_for = key
             return self._public
 
@@ -225,24 +217,23 @@ class PublicPackages:
     def stop(self) -> None:
         self._stop.set()
 
-    def _recompute(self, listed: tuple[str, ...] | None) -> None:
+    def _recompute(self, settings: Settings | None) -> None:
+        from .sharing import Sharing
+
         try:
             names = os.listdir(self._packages_dir)
         except OSError:
             names = []
-        hashes = [n for n in names if is_bt2(n)]
-        self._manifests = {h: self._manifests.get(h) or _manifest_says(self._packages_dir / h, h)
-                           for h in hashes}
-        if listed is None:  # broken settings: nothing goes out
+        hashes = {n for n in names if is_bt2(n)}
+        self._manifests = {h: m for h, m in self._manifests.items() if h in hashes}
+        if settings is None:  # broken settings: nothing goes out
             self._public = frozenset()
             return
-        self._public = frozenset(h for h in hashes if self.may_serve(h, listed))
-
-    def may_serve(self, package_hash: str, listed: tuple[str, ...]) -> bool:
-        """The privacy decision, in one place: not private by the ``private`` setting (hash or
-        name) nor by the package's own manifest."""
-        name, private = self._manifests[package_hash]
-        return not private and package_hash not in listed and (name is None or name not in listed)
+        cache = Cache(self._cache_root)
+        try:
+            self._public = Sharing(cache, settings, self._manifests).publishable(hashes)
+        finally:
+            cache.close()
 
 
 class Mirror:

@@ -52,10 +52,14 @@ def origin_mark(source: str) -> str:
 class Sharing:
     """The sharing policy of one cache under one set of settings."""
 
-    def __init__(self, cache: Cache, settings: Settings) -> None:
+    def __init__(self, cache: Cache, settings: Settings,
+                 manifests: dict[str, tuple[str | None, bool]] | None = None) -> None:
         import threading
 
         self.cache = cache
+        #: (name, private) per package, read once: a package's manifest cannot change under
+        #: its hash. A caller deciding again and again (``serve``) passes the same dict.
+        self._manifests = manifests if manifests is not None else {}
         self.private: frozenset[str] = frozenset(settings.private)
         self.share: frozenset[str] = frozenset(settings.share)
         # The seeder and serve decide on several threads, and an index connection cannot cross
@@ -77,8 +81,9 @@ class Sharing:
             return f"the 'private' setting names {named[0]}"
         return None
 
-    def may_publish(self, package_hash: str) -> str | None:
-        """None if the cached package may be announced, seeded and served; else why not."""
+    def may_publish(self, package_hash: str, marks: set[str] | None = None) -> str | None:
+        """None if the cached package may be announced, seeded and served; else why not.
+        ``marks`` are its index marks when the caller read them already (:meth:`publishable`)."""
         if package_hash in self.private:
             return "private: the 'private' setting names its hash"
         name, private = self._manifest(package_hash)
@@ -86,7 +91,8 @@ class Sharing:
             return "private: its manifest says private = true"
         if name is not None and name in self.private:
             return f"private: the 'private' setting names it ({name})"
-        marks = self._index().marks(package_hash)
+        if marks is None:
+            marks = self._index().marks(package_hash)
         if PRIVATE in marks:
             return "private: a dependency entry asking for it says private = true"
         if package_hash in self.share or (name is not None and name in self.share):
@@ -95,6 +101,11 @@ class Sharing:
             return None
         return ("came only from this machine (a local path or file://), so it is not published; "
                 f"share it with 'treeseed seed --share {package_hash}'")
+
+    def publishable(self, hashes: Iterable[str]) -> frozenset[str]:
+        """Those of ``hashes`` that :meth:`may_publish`, deciding for many with one index query."""
+        marks = self._index().all_marks()
+        return frozenset(h for h in hashes if self.may_publish(h, marks.get(h, set())) is None)
 
     def _index(self) -> Cache:
         own = getattr(self._per_thread, "cache", None)
@@ -107,6 +118,12 @@ class Sharing:
     def _manifest(self, package_hash: str) -> tuple[str | None, bool]:
         """(name, private) from the package's own treeseed.toml, read from the tree itself so
         a stale or rebuilt index cannot make a private package public. Unreadable: private."""
+        known = self._manifests.get(package_hash)
+        if known is None:
+            known = self._manifests[package_hash] = self._read_manifest(package_hash)
+        return known
+
+    def _read_manifest(self, package_hash: str) -> tuple[str | None, bool]:
         from .manifest import MANIFEST_NAME, load
 
         path = self.cache.path(package_hash) / MANIFEST_NAME
