@@ -85,6 +85,7 @@ VALID = [
     ("mirrors", "http://m.example/cache/, file:///srv/mirror",
      ["http://m.example/cache", "file:///srv/mirror"], "http://m.example/cache,file:///srv/mirror"),
     ("private", f"secret-lib, {HASH}", ["secret-lib", HASH], f"secret-lib,{HASH}"),
+    ("share", f"my-lib, {HASH}", ["my-lib", HASH], f"my-lib,{HASH}"),
 ]
 
 
@@ -124,6 +125,7 @@ INVALID = [
     ("mirrors", "file://host/x", "http://, https:// or file:///"),
     ("private", "bt2-abc", "neither a package name nor a bt2-<64 hex> hash"),
     ("private", "two words", "neither a package name"),
+    ("share", "bt2-abc", "neither a package name nor a bt2-<64 hex> hash"),
 ]
 
 
@@ -272,6 +274,7 @@ BAD_FILES = [
     ('mirrors = ["mirror.example"]\n', "mirrors", "is not an http://, https:// or file:/// URL"),
     ("private = [1]\n", "private", "expected a list of strings"),
     ('private = ["bt2-123"]\n', "private", "neither a package name nor a bt2-<64 hex> hash"),
+    ("share = 7\n", "share", "expected a list of strings"),
     ('torrent = true\nbogus = 1\n', "bogus", "unknown setting 'bogus'; the settings are: torrent"),
 ]
 

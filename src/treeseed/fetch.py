@@ -139,14 +139,13 @@ def _fetch_into(
 
 def _keep_archive(cache: Cache, work: Path, url: str, sha256: str) -> None:
     """Keep the archive just unpacked: the fetcher's download, or the local file itself."""
-    from urllib.parse import unquote, urlsplit
+    from .schemes import scheme_of
 
     archive = work / "download"
-    if not archive.is_file():
-        if url.startswith("file://"):
-            archive = Path(unquote(urlsplit(url).path))
-        elif "://" not in url:
-            archive = Path(url)
+    if not archive.is_file() and scheme_of(url).module == "local":
+        from .sources.local import local_path
+
+        archive = local_path(url)
     if archive.is_file() and not cache.archive_path(sha256).exists():
         cache.keep_archive(archive, sha256)
 

@@ -150,7 +150,9 @@ def resolve_alias(mirror: str, fmt: str, value: str, timeout: float = 10.0) -> s
     import re
     from urllib.parse import quote
 
-    if not mirror.startswith(("http://", "https://")):
+    from .schemes import is_http
+
+    if not is_http(mirror):
         return None
     import urllib3
 

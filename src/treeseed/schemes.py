@@ -82,9 +82,9 @@ def is_network(url: str) -> bool:
     return known.network if known is not None else True
 
 
-def is_local(url: str) -> bool:
-    """Does ``url`` name something on this machine (a path, ``file://``, ``git+file://``)?"""
-    return not is_network(url)
+def is_http(url: str) -> bool:
+    """An ``http(s)://`` URL: what a mirror, a web seed or a tracker must be."""
+    return scheme_name(url) in ("http", "https")
 
 
 def absolute(url: str) -> str:

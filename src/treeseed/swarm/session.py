@@ -416,7 +416,9 @@ def _pid_bytes(pid: object) -> bytes:
 def web_seeds(mirrors: Iterable[str], package_hash: str) -> list[str]:
     """BEP 19 web seeds for a package: each mirror serves its files at
     ``<mirror>/<hash>/package/<path>`` (``treeseed serve``); http(s) mirrors only."""
-    return [f"{m.rstrip('/')}/{package_hash}/" for m in mirrors if m.startswith(("http://", "https://"))]
+    from ..schemes import is_http
+
+    return [f"{m.rstrip('/')}/{package_hash}/" for m in mirrors if is_http(m)]
 
 
 def _root_or_none(root: object) -> bytes | None:
