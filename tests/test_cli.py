@@ -195,7 +195,7 @@ def test_fetch_dir_equals_hash_dir(tmp_path: Path, cache_dir: Path) -> None:
     got = json.loads(run_cli("fetch", str(tree), "--json", cache=cache_dir).stdout)
     assert (got["hash"], got["files"], got["bytes"]) == (expected["bt2"], expected["files"], expected["bytes"])
     root = Path(got["path"])
-    assert (root / "bin/run").stat().st_mode & 0o777 == 0o755
+    assert (root / "bin/run").stat().st_mode & 0o777 == 0o555  # executable, read-only in the cache
     assert (root / "docs/link").readlink() == Path("../README.md")
     # The source tree is untouched and the copy verifies.
     assert hash_json(tree, cache_dir) == expected
@@ -239,3 +239,66 @@ def test_manifest_error_inside_archive_names_the_archive(tmp_path: Path, cache_d
     assert proc.returncode == 1
     assert f"{archive}: treeseed.toml:3 (key 'bogus')" in proc.stderr
     assert "/tmp/w-" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- bad input, --json errors
+
+
+@pytest.mark.parametrize("jobs", ["0", "-3", "many"])
+@pytest.mark.parametrize("command", [("fetch",), ("update",), ("build",), ("zig", "fetch")],
+                         ids=["fetch", "update", "build", "zig-fetch"])
+def test_jobs_must_be_a_positive_number(tmp_path: Path, cache_dir: Path, command: tuple[str, ...],
+                                        jobs: str) -> None:
+    """-j 0 used to reach the thread pool (a traceback); now argparse refuses it in one line.
+    The package needs a fetch, so a -j that slipped through would reach the pool."""
+    make_tree(tmp_path / "dep", {"a.txt": b"a"})
+    project = make_tree(tmp_path / "app", {"treeseed.toml": b'[package]\nname = "app"\n'
+                                           b'[dependencies.dep]\nurl = "../dep"\n'})
+    proc = run_cli("-C", str(project), *command, "--jobs", jobs, cache=cache_dir, check=False)
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"treeseed {' '.join(command)}: error: argument -j/--jobs: "), line
+    assert "1 or more" in line and "--help" in line
+    assert not (cache_dir / "p").exists()
+
+
+def json_error(proc) -> dict:  # type: ignore[no-untyped-def]
+    """The error of a --json command: one line on stderr, the same message as JSON on stdout."""
+    line = one_error_line(proc)
+    got = json.loads(proc.stdout)
+    assert got["error"] == line.removeprefix("treeseed: error: ")
+    return got
+
+
+def test_json_error_for_a_missing_file(tmp_path: Path, cache_dir: Path) -> None:
+    missing = tmp_path / "nowhere.tar.gz"
+    got = json_error(run_cli("fetch", str(missing), "--json", cache=cache_dir, check=False))
+    assert str(missing) in got["error"] and got["what"].endswith("Error")
+
+
+def test_json_error_for_hash_of_a_bad_path(tmp_path: Path, cache_dir: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    got = json_error(run_cli("hash", str(missing), "--json", cache=cache_dir, check=False))
+    assert got["what"] == "TreeseedError"
+    assert got["error"] == f"{missing}: no such file or directory"
+
+
+def test_json_error_for_a_hash_mismatch(tmp_path: Path, cache_dir: Path) -> None:
+    tree = make_tree(tmp_path / "demo", SPEC)
+    wrong = "bt2-" + "0" * 64
+    got = json_error(run_cli("fetch", str(tree), "--hash", wrong, "--json", cache=cache_dir,
+                             check=False))
+    actual = hash_json(tree, tmp_path / "other-cache")["bt2"]
+    assert got["what"] == "HashMismatch"
+    assert (got["expected"], got["actual"]) == (wrong, actual)
+    assert "hash mismatch" in got["error"]
+    assert not (cache_dir / "p").exists() or not any((cache_dir / "p").iterdir())
+
+
+def test_json_error_for_a_command_without_a_package(tmp_path: Path, cache_dir: Path) -> None:
+    """update --json outside a package: every command taking --json reports errors this way."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    got = json_error(run_cli("-C", str(empty), "update", "--json", cache=cache_dir, check=False))
+    assert "treeseed.toml" in got["error"] and got["what"] == "TreeseedError"

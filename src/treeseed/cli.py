@@ -110,9 +110,10 @@ def _stop_on_signals() -> None:
             os._exit(128 + _signals_seen[0])
         raise Interrupted(signum)
 
+    # Both are set even when inherited as ignored (a job runner starting us in the background
+    # ignores SIGINT), as serve does: whoever sends one means it.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup, a job runner: keep ignoring
-            signal.signal(sig, on_signal)
+        signal.signal(sig, on_signal)
 
 
 def positive_int(text: str) -> int:
@@ -377,14 +378,19 @@ def _fetch_pinned(args: argparse.Namespace):
     is no reason to fail when the package can be had elsewhere."""
     from .ids import is_bt2
     from .install import cached_result
-    from .locate import announce_new, obtain
+    from .locate import AllSourcesFailed, announce_new, obtain
 
     if not is_bt2(args.expected):
         raise TreeseedError(f"--hash {args.expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
     cache, settings = _cache(args), _settings(args)
     with _progress(args) as progress:
-        result = obtain(cache, args.expected, [args.url], settings, offline=_offline(args),
-                        progress=progress, limits=_limits(args))
+        try:
+            result = obtain(cache, args.expected, [args.url], settings, offline=_offline(args),
+                            progress=progress, limits=_limits(args))
+        except AllSourcesFailed as failed:
+            if len(failed.reasons) == 1 and len(failed.errors) == 1:
+                raise failed.errors[0] from None  # the URL was the only source: its own words
+            raise
     announce_new(cache, result, settings)
     if args.formats:
         result = cached_result(cache, result.hash, result.source, args.formats)

@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 class AllSourcesFailed(FetchError):
     """No mirror, origin URL or swarm delivered the package; ``reasons`` says why for each."""
 
-    def __init__(self, package: str, reasons: list[str]) -> None:
+    def __init__(self, package: str, reasons: list[str],
+                 errors: Sequence[TreeseedError] = ()) -> None:
         self.reasons = reasons
+        #: The errors behind the reasons, where each was one (a caller with a single URL
+        #: reports that URL's own error: a hash mismatch says it best).
+        self.errors = list(errors)
         lines = "\n".join(f"  - {r}" for r in reasons) or "  - no mirror, URL or swarm to ask"
         super().__init__(f"{package} could not be fetched from any source:\n{lines}")
 
@@ -99,9 +103,7 @@ def obtain(
                 reasons.append(why if why.startswith(url) else f"{url}: {why}")
                 if on_failure is not None:
                     on_failure(url, why)
-        if len(errors) == 1 and len(reasons) == 1 and cancel is None:
-            raise errors[0]  # one URL, one reason: its own error says it best (a mismatch)
-        raise AllSourcesFailed(package_hash, reasons)
+        raise AllSourcesFailed(package_hash, reasons, errors)
 
     if settings.torrent and not offline and refused is not None:
         # Say why the swarm was not asked: with no URL, this is the only reason given.
