@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,102 @@ def test_short_body(tmp_path: Path, cache_dir: Path, server: Server) -> None:
 def test_connection_refused(cache_dir: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/pkg.tar.gz"
     assert_fails(cache_dir, url, url, "connection refused")
+
+
+# --------------------------------------------------------------------------- silent servers
+
+BOUND = 60.0  # generous outer bound for the stall tests: their budget is one second
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and answers each with ``head`` (raw bytes: status
+    line, headers, a first part of the body), or nothing, then never another byte."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        self.head = head
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.accepted.append(conn)
+            if self.head:
+                conn.recv(65536)  # the request
+                conn.sendall(self.head)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def fetch_stalled(cache: Path, url: str) -> str:
+    """Fetch with a one-second stall budget; the single error line it ends with."""
+    env = {**os.environ, "TREESEED_STALL_TIMEOUT": "1"}
+    proc = subprocess.run([sys.executable, "-m", "treeseed", "--cache-dir", str(cache), "fetch", url],
+                          capture_output=True, text=True, env=env, timeout=BOUND)
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("treeseed: error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert_cache_clean(cache)
+    return errors[0]
+
+
+def test_server_that_never_answers_costs_one_stall_budget(cache_dir: Path) -> None:
+    """Accepted, never answered: one connection (a silent read is not retried) and an error
+    naming the URL, the bytes (none), the silence and the variable that allows longer."""
+    silent = SilentServer()
+    try:
+        url = silent.url("/pkg.tar.gz")
+        line = fetch_stalled(cache_dir, url)
+        assert len(silent.accepted) == 1
+    finally:
+        silent.close()
+    for needle in (url, "stalled", "nothing received for", "after 0 bytes", "TREESEED_STALL_TIMEOUT"):
+        assert needle in line, f"{needle!r} not in {line!r}"
+
+
+def test_stall_after_a_megabyte_says_a_megabyte_arrived(cache_dir: Path) -> None:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/gzip\r\nContent-Length: 4000000\r\n\r\n"
+            + b"\0" * 1_000_000)
+    silent = SilentServer(head)
+    try:
+        url = silent.url("/pkg.tar.gz")
+        line = fetch_stalled(cache_dir, url)
+    finally:
+        silent.close()
+    assert url in line and "after 1000000 of 4000000 bytes" in line, line
+    assert "TREESEED_STALL_TIMEOUT" in line
+
+
+def test_a_long_silence_is_reported_off_a_terminal(cache_dir: Path) -> None:
+    """stderr is a pipe, not a terminal: the wait is announced in a plain line instead of
+    silence. The budget (20 s) is far beyond the notice (a quarter of it), and the test stops
+    the fetch as soon as the line is read, so nothing here races the stall error."""
+    silent = SilentServer()
+    env = {**os.environ, "TREESEED_STALL_TIMEOUT": "20"}
+    url = silent.url("/pkg.tar.gz")
+    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir),
+                             "fetch", url], stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(BOUND, proc.kill)  # a fetch that says nothing fails the test
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
+        silent.close()
+    assert line.startswith(f"treeseed: waiting for {url}: nothing received for "), line
+    assert "0 B so far" in line and "TREESEED_STALL_TIMEOUT" in line

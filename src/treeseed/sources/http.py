@@ -4,22 +4,46 @@ urllib3 does the connections (pooling, TLS, chunked bodies); redirects are follo
 hop at a time, so a loop is reported with the whole chain the server sent. A body that is an
 HTML page (an error or login page served with status 200) is caught from its Content-Type and
 its first bytes, and the error quotes what the server said.
+
+A server that stops sending costs one *stall budget* (``TREESEED_STALL_TIMEOUT`` seconds, default
+60) counted from the last byte received, not a per-read timeout times retries: the socket's
+read timeout is that budget, a silent read is never retried, and bytes are counted as they
+arrive (not per megabyte read), so the error says how much came before the silence. While it
+waits, the last byte count is repeated to ``progress`` every few seconds, so whoever watches
+hears of a quiet server before the budget runs out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
+from ..env import env_seconds
 from ..errors import FetchError
 from . import AnnounceFn, Fetched, ProgressFn
 
 MAX_REDIRECTS = 10
 CHUNK = 1 << 20
 USER_AGENT = "treeseed/0.1"
+CONNECT_TIMEOUT = 10.0  # seconds to set up a TCP connection: a live host answers in far less
+STALL_VARIABLE = "TREESEED_STALL_TIMEOUT"
+DEFAULT_STALL = 60.0  # seconds without a byte before a download is given up
+HEARTBEAT = 5.0  # at most this many seconds between progress reports while waiting
 _pool = None
+
+
+def stall_budget() -> float:
+    """Seconds a download may go without receiving a byte: ``TREESEED_STALL_TIMEOUT``."""
+    budget = env_seconds(STALL_VARIABLE, DEFAULT_STALL)
+    if budget <= 0:
+        raise FetchError(f"{STALL_VARIABLE}={budget:g}: give a number of seconds above 0 (how long "
+                         "a download may receive nothing before it is given up)")
+    return budget
 
 
 def pool():
@@ -32,11 +56,64 @@ def pool():
             num_pools=16,
             maxsize=8,
             headers={"User-Agent": USER_AGENT},
-            timeout=urllib3.Timeout(connect=30, read=120),
-            retries=urllib3.Retry(total=3, connect=3, read=2, redirect=0, status=0,
-                                  backoff_factor=0.2, raise_on_redirect=False),
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=stall_budget()),
+            retries=_retry_class()(total=3, connect=3, read=2, redirect=0, status=0,
+                                   backoff_factor=0.2, raise_on_redirect=False),
         )
     return _pool
+
+
+def _retry_class() -> type:
+    """urllib3's Retry, except that a read timeout is not retried: it already cost the whole
+    stall budget, and three of them were six silent minutes. A connection reset before the
+    answer (a stale pooled connection) is still retried."""
+    import urllib3
+
+    class NoSilentRetry(urllib3.Retry):
+        def increment(self, method=None, url=None, response=None, error=None,  # type: ignore[no-untyped-def]
+                      _pool=None, _stacktrace=None):
+            if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+                raise error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return NoSilentRetry
+
+
+class Heartbeat:
+    """Passes byte counts on to ``progress``, and from a thread repeats the last one every
+    ``interval`` seconds while nothing new arrives: a silent server then shows as a count that
+    stops growing (the cache side says so), rather than as no news at all."""
+
+    def __init__(self, progress: ProgressFn | None, interval: float) -> None:
+        self._progress = progress
+        self._interval = interval
+        self._last: tuple[int, int | None] = (0, None)
+        self._lock = threading.Lock()  # one line at a time on the fetcher's stdout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="treeseed-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        if self._progress is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            self._last = (done, total)
+            self._progress(done, total)
+
+    def _beat(self) -> None:
+        report: Callable[[int, int | None], None] = self._progress  # type: ignore[assignment]
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                report(*self._last)
 
 
 class HttpSource:
@@ -49,15 +126,16 @@ class HttpSource:
         early = digest_from_url(self.url)
         if early and announce:  # a content-addressed mirror URL names its digest
             announce("archive-sha256", early)
-        response = open_url(self.url)
-        stated = digest_from_headers(response.headers)
-        if stated and announce and stated != early:  # Repr-Digest / Digest: before the body
-            announce("archive-sha256", stated)
-        try:
-            target = work / "download"
-            digest, size = _save(response, target, self.url, progress)
-        finally:
-            response.release_conn()
+        with Heartbeat(progress, min(HEARTBEAT, stall_budget() / 4)) as heartbeat:
+            response = open_url(self.url)
+            stated = digest_from_headers(response.headers)
+            if stated and announce and stated != early:  # Repr-Digest / Digest: before the body
+                announce("archive-sha256", stated)
+            try:
+                target = work / "download"
+                digest, size = _save(response, target, self.url, heartbeat)
+            finally:
+                response.release_conn()
         if stated and stated != digest:
             raise FetchError(f"{self.url}: the server stated SHA-256 {stated} for the body but sent "
                              f"bytes hashing to {digest}; the download is corrupt or the server "
@@ -102,8 +180,11 @@ def open_url(url: str):
     chain = [url]
     current = url
     for _ in range(MAX_REDIRECTS + 1):
+        asked = time.monotonic()
         try:
             response = pool().request("GET", current, preload_content=False, redirect=False)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _stalled(current, 0, None, asked) from None
         except urllib3.exceptions.HTTPError as exc:
             raise FetchError(f"{current}: {_describe(exc)}") from None
         if response.status in (301, 302, 303, 307, 308):
@@ -153,21 +234,29 @@ def _snippet(response, limit: int = 200) -> str:
 
 
 def _save(response, target: Path, url: str, progress: ProgressFn | None) -> tuple[str, int]:
-    """Stream the body to ``target`` computing its SHA-256; check the announced length."""
+    """Stream the body to ``target`` computing its SHA-256; check the announced length.
+
+    ``read1`` hands over whatever has arrived (up to a megabyte) instead of waiting to fill a
+    megabyte, so ``done`` counts every byte received when the server goes quiet.
+    """
     import urllib3
 
     total = response.headers.get("Content-Length")
     expected = int(total) if total and total.isdigit() else None
     h = hashlib.sha256()
     done = 0
+    last_byte = time.monotonic()
     try:
         with open(target, "wb") as out:
-            for chunk in response.stream(CHUNK, decode_content=False):
+            while chunk := response.read1(CHUNK, decode_content=False):
+                last_byte = time.monotonic()
                 h.update(chunk)
                 out.write(chunk)
                 done += len(chunk)
                 if progress:
                     progress(done, expected)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise _stalled(url, done, expected, last_byte) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         # A connection that ends before Content-Length bytes arrived surfaces as urllib3's
         # ProtocolError (around IncompleteRead): it is the short body reported just below.
@@ -181,14 +270,27 @@ def _save(response, target: Path, url: str, progress: ProgressFn | None) -> tupl
     return h.hexdigest(), done
 
 
+def _stalled(url: str, done: int, expected: int | None, since: float) -> FetchError:
+    """The error for a server gone quiet: how much came, how long it was silent, what to do."""
+    of = f" of {expected}" if expected is not None else ""
+    return FetchError(f"{url}: stalled: nothing received for {time.monotonic() - since:.1f} s "
+                      f"after {done}{of} bytes; try again later, or allow longer silences with "
+                      f"{STALL_VARIABLE}=<seconds> (now {stall_budget():g})")
+
+
 def _describe(exc: BaseException) -> str:
     """Turn urllib3's nested exceptions into the reason a person needs."""
+    import urllib3
+
     reason = getattr(exc, "reason", None) or exc
     text = str(reason)
     if "Connection refused" in text:
         return "connection refused (is the server running, and is the port right?)"
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host name (check the URL, or your DNS)"
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
+        return (f"no connection within {CONNECT_TIMEOUT:g} s (is the host up and reachable, or "
+                "is a firewall dropping the connection?)")
     if "timed out" in text.lower():
         return "timed out"
     return text
