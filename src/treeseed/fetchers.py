@@ -8,6 +8,10 @@ looks it up and may :meth:`~FetcherRun.stop` the fetcher (SIGTERM to its process
 SIGKILL after a grace period) as soon as it recognises content it already has. A malformed
 line, a non-zero exit, or a run past the timeout is a :class:`FetcherError` naming the source.
 
+An interrupt (Ctrl-C, SIGTERM: :func:`interrupt`) is process-wide: every running fetcher is
+stopped at once, woken by a pipe its wait watches rather than by a poll, and no new one starts,
+so the threads fetching dependencies unwind (removing their work directories) within moments.
+
 Which program fetches a URL: the built-in ``python -m treeseed.fetcher`` for http(s), file,
 git+... and local paths; a command configured under ``[fetchers]`` (user config file, or the
 root package's treeseed.toml) for any other scheme. Built-in fetchers are treeseed's own code,
@@ -56,6 +60,52 @@ BUILTIN_SCHEMES = ("http", "https", "file", "")  # and git+...: the git source n
 
 class FetcherError(FetchError):
     """A fetcher program failed, hung, or broke the protocol."""
+
+
+class FetchInterrupted(FetcherError):
+    """The process is being interrupted (:func:`interrupt`): the fetcher was stopped, or not started."""
+
+
+class _Interrupt:
+    """The process-wide "stop fetching" switch.
+
+    A signal handler sets it, so it takes no lock: a flag, and one byte written to a pipe whose
+    read end every waiting :class:`FetcherRun` watches. The byte is never read, so the pipe
+    stays readable and each wait, now or later, returns at once.
+    """
+
+    def __init__(self) -> None:
+        self.triggered = False
+        self.fd, self._write_fd = os.pipe()  # both close-on-exec: no fetcher inherits them
+        os.set_blocking(self._write_fd, False)
+
+    def trigger(self) -> None:
+        if self.triggered:
+            return
+        self.triggered = True
+        try:
+            os.write(self._write_fd, b"!")
+        except OSError:
+            pass  # full or closed: the flag alone still stops every fetcher at its next tick
+
+
+_interrupt = _Interrupt()
+
+
+def interrupt() -> None:
+    """Stop every running fetcher in this process and refuse to start new ones.
+
+    Safe to call from a signal handler (it only sets a flag and writes a byte): the threads
+    waiting on their fetchers wake, stop them (SIGTERM to the group, SIGKILL after the grace
+    period) and raise :class:`FetchInterrupted`, so the work directories are removed as the
+    stack unwinds. Meant for shutting the process down; there is no undoing it.
+    """
+    _interrupt.trigger()
+
+
+def interrupted() -> bool:
+    """True once :func:`interrupt` was called."""
+    return _interrupt.triggered
 
 
 @dataclass
@@ -137,6 +187,8 @@ class FetcherRun:
     cancel: threading.Event | None = None
 
     def __post_init__(self) -> None:
+        if _interrupt.triggered:  # before anything is opened: nothing to close
+            raise FetchInterrupted(f"{self.source}: not started, treeseed is being interrupted")
         fifo = self.work / FIFO_NAME
         os.mkfifo(fifo, 0o600)
         # Both ends held by us: the fetcher can open it whenever it likes, and reads block
@@ -171,8 +223,12 @@ class FetcherRun:
         exit_fd = self._exit_fd
         while True:
             exited = self.proc.poll() is not None
-            watched = [self._read_fd] + [fd for fd in (out_fd, exit_fd) if fd is not None]
+            watched = [self._read_fd, _interrupt.fd] + [fd for fd in (out_fd, exit_fd)
+                                                        if fd is not None]
             ready, _, _ = select.select(watched, [], [], 0 if exited else 0.1)
+            if _interrupt.triggered:
+                self.stop()
+                raise FetchInterrupted(f"{self.source}: interrupted; the fetcher was stopped")
             if exit_fd in ready and self.proc.poll() is None:
                 exit_fd = None  # readable yet not reapable (a tracer in between): tick instead
             if out_fd is not None and out_fd in ready and not self._read_stdout(out_fd):
