@@ -383,7 +383,7 @@ def configure_and_fetch(package_dir: Path, cache: Cache, resolver: Resolver,
         if resolver.offline:
             raise BuildError("--offline, and this configuration needs dependencies that are not "
                              "in the cache:\n" + "\n".join(f"  {m.describe()}" for m in b.misses))
-        plan.fetched += resolver.fetch([m.request for m in _unique(b.misses)])
+        plan.fetched += resolver.resolve([m.request for m in _unique(b.misses)])
     raise BuildError(f"{package_dir / BUILD_SCRIPT}: still asking for new lazy dependencies after "
                      f"{MAX_PASSES} passes: " + ", ".join(m.request.dep.name for m in b.misses))
 

@@ -114,7 +114,7 @@ def _passes(command: str, package_dir: Path, env: dict[str, str], manifest: Mani
             raise BuildError("--offline, and the build command asked for dependencies that are "
                              f"not in the cache: {', '.join(misses)} (options: "
                              f"{', '.join(f'{k}={format_value(v)}' for k, v in values.items()) or 'none'})")
-        resolver.fetch([Request(dep, base, None, manifest.path) for dep in wanted])
+        resolver.resolve([Request(dep, base, None, manifest.path) for dep in wanted])
     raise BuildError(f"build command {manifest.build!r} still asks for new lazy dependencies "
                      f"after {MAX_PASSES} passes")
 

@@ -123,7 +123,7 @@ class Resolver:
                                       f"{', '.join(sorted(manifest.dependencies)) or 'none'}")
         return self._walk(roots)
 
-    def fetch(self, requests: list[Request]) -> list[Resolved]:
+    def resolve(self, requests: list[Request]) -> list[Resolved]:
         """Fetch exactly ``requests`` (lazy or not, e.g. what a build script asked for), plus
         the non-lazy dependencies of each."""
         self._follow_lazy = False

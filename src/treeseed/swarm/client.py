@@ -105,7 +105,7 @@ class SeederClient:
     def call(self, message: dict, timeout: float = 30.0) -> dict:
         return list(self.request(message, timeout))[-1]
 
-    def fetch(self, package_hash: str, progress: Callable[[int, int | None], None] | None,
+    def download(self, package_hash: str, progress: Callable[[int, int | None], None] | None,
               cancel: threading.Event | None,
               on_advice: Callable[[str], None] | None = None) -> FetchResult:
         """Have the seeder fetch the package; closing the connection (on cancel) stops it."""

@@ -61,7 +61,7 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
     client = SeederClient.connect(cache)
     if client is not None:
         with client:
-            return client.fetch(package_hash, progress, cancel, on_advice)
+            return client.download(package_hash, progress, cancel, on_advice)
     from .session import Swarm
 
     swarm = Swarm(settings)

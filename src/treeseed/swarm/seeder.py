@@ -290,7 +290,7 @@ class Seeder:
 
     # ------------------------------------------------------------------ serving other processes
 
-    def fetch(self, package_hash: str, progress: Callable[[int, int | None], None],
+    def download_for(self, package_hash: str, progress: Callable[[int, int | None], None],
               cancel: threading.Event, stall: float | None = None,
               on_advice: Callable[[str], None] | None = None) -> FetchResult:
         """Download a package for another process with our session, then seed it; ``stall``
@@ -433,7 +433,7 @@ class Seeder:
                 cancel.set()  # the asking process went away: stop downloading for it
 
         try:
-            result = self.fetch(package_hash, progress, cancel, stall,
+            result = self.download_for(package_hash, progress, cancel, stall,
                                 lambda a: advice.__setitem__(0, a))
         except TreeseedError as exc:
             return {"error": str(exc)}
