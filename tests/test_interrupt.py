@@ -172,3 +172,33 @@ def test_interrupt_with_json_prints_an_error_object(tmp_path: Path, cache_dir: P
     assert proc.returncode == 130, err
     got = json.loads(out)
     assert got["what"] == "SIGINT" and got["error"].startswith("interrupted by SIGINT")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_signal_stops_the_swarm_side_too(tmp_path: Path, cache_dir: Path,
+                                         trickle: TrickleServer) -> None:
+    """With torrenting on, each dependency races a swarm download (which waits on its stall
+    budget, here ten minutes) against the trickling origin: one SIGINT still ends both sides
+    of every race and leaves nothing behind."""
+    from swarmkit import free_port, write_settings
+
+    config = write_settings(tmp_path / "settings.toml", listen=f"127.0.0.1:{free_port()}")
+    env = {**os.environ, "TREESEED_CONFIG": str(config), "TREESEED_SWARM_STALL": "600",
+           "TREESEED_SWARM_HEAD_START": "0"}
+    project = make_project(tmp_path / "project", trickle)
+    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir),
+                             "fetch", "--torrent"], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in DEPENDENCIES:  # the origins started, so every race is under way
+            if not trickle.requests.acquire(timeout=BOUND):
+                pytest.fail("the downloads never all started")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert list((cache_dir / "tmp").glob("w-*")) == []

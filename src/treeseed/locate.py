@@ -134,11 +134,9 @@ def obtain(
                 own.close()
         return run
 
-    if not candidates:
-        return from_the_swarm(None)
     try:
-        return race(on_own_thread(from_the_swarm), on_own_thread(from_urls), head_start(),
-                    advice=lambda: advice[0])
+        return race(on_own_thread(from_the_swarm), on_own_thread(from_urls) if candidates else None,
+                    head_start(), advice=lambda: advice[0])
     except BothFailed as both:
         reasons = [r for e in (both.origin_error, both.swarm_error)
                    for r in getattr(e, "reasons", [str(e)])]

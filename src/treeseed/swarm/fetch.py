@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
 from ..cache import Cache
@@ -73,6 +73,22 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
         swarm.close()
 
 
+def _stop_if_interrupted() -> None:
+    from ..fetchers import FetchInterrupted, interrupted
+
+    if interrupted():
+        raise FetchInterrupted("the swarm download was interrupted")
+
+
+def _wait_interruptibly(jobs: set[Future[T]]) -> tuple[set[Future[T]], set[Future[T]]]:
+    """Wait for the first of ``jobs`` to finish, noticing an interrupt within a tick."""
+    while True:
+        finished, pending = wait(jobs, timeout=0.1, return_when=FIRST_COMPLETED)
+        _stop_if_interrupted()
+        if finished:
+            return finished, pending
+
+
 class BothFailed(TreeseedError):
     def __init__(self, swarm_error: BaseException | None, origin_error: BaseException | None) -> None:
         self.swarm_error = swarm_error
@@ -80,21 +96,30 @@ class BothFailed(TreeseedError):
         super().__init__(f"{origin_error} (the swarm failed too: {swarm_error})")
 
 
-def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[threading.Event], T],
+def race(swarm_fetch: Callable[[threading.Event], T],
+         origin_fetch: Callable[[threading.Event], T] | None,
          delay: float, advice: Callable[[], str] = lambda: "") -> T:
     """Run ``swarm_fetch`` at once and ``origin_fetch`` after ``delay`` seconds unless the
     swarm has finished by then; return the first success, cancel the other. When both fail,
     :class:`BothFailed` carries both errors. ``advice()`` can move the origin's start: "now"
     starts it at once (no peer can ever be found), "go" halfway through the head start (we are the downloader elected to fetch from the
     origin), "wait" holds it past the head start (the swarm has the data, or another
-    downloader fetches from the origin for all of us) until the swarm finishes or stalls."""
+    downloader fetches from the origin for all of us) until the swarm finishes or stalls.
+
+    With no ``origin_fetch`` (nothing but the swarm to ask) the swarm alone runs. Either way an
+    interrupt (:func:`treeseed.fetchers.interrupt`: Ctrl-C, SIGTERM) cancels both sides within
+    one tick: the waits here are short so that it is noticed."""
     cancel_swarm, cancel_origin = threading.Event(), threading.Event()
     pool = ThreadPoolExecutor(2, thread_name_prefix="treeseed-race")
     try:
         swarm_job = pool.submit(swarm_fetch, cancel_swarm)
+        if origin_fetch is None:
+            _wait_interruptibly({swarm_job})
+            return swarm_job.result()
         started = time.monotonic()
         while True:
             done, _ = wait([swarm_job], timeout=0.1)
+            _stop_if_interrupted()
             say, elapsed = advice(), time.monotonic() - started
             # "go" counts after half the head start: peers keep connecting for a while, and
             # whoever ranks first among too few of them would go to the origin needlessly.
@@ -106,7 +131,7 @@ def race(swarm_fetch: Callable[[threading.Event], T], origin_fetch: Callable[[th
         origin_job = pool.submit(origin_fetch, cancel_origin)
         pending = {swarm_job, origin_job} - done
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, pending = _wait_interruptibly(pending)
             for job in finished:
                 if job.exception() is None:
                     (cancel_origin if job is swarm_job else cancel_swarm).set()
