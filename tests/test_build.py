@@ -380,7 +380,7 @@ def test_all_misses_of_a_pass_are_fetched_together(tmp_path: Path, cache_dir: Pa
     round gets both at once (the server holds each reply until both requests are in, so a
     fetch of one after the other fails), and the script runs exactly twice."""
     pk = Packages(tmp_path)
-    barrier = threading.Barrier(2, timeout=20)
+    barrier = threading.Barrier(2, timeout=120)  # an outer bound: a busy machine starts processes slowly
     la_body, la = pk.build("la", {"la.h": b"A\n"})
     lb_body, lb = pk.build("lb", {"lb.h": b"B\n"})
     la_url = serve(server, "/la.tar.gz", la_body, barrier=barrier)

@@ -221,7 +221,7 @@ def test_dependencies_are_fetched_in_parallel(tmp_path: Path, cache_dir: Path, s
     """The server holds each reply until both requests are in: a serial client would wait for
     the barrier's timeout and get 503 instead."""
     pk = Packages(tmp_path)
-    barrier = threading.Barrier(2, timeout=20)
+    barrier = threading.Barrier(2, timeout=120)  # an outer bound: a busy machine starts processes slowly
     (one_body, one), (two_body, two) = pk.build("one"), pk.build("two")
     root = make_root(tmp_path,
                      dep_toml("one", serve(server, "/one.tar.gz", one_body, barrier=barrier), one),
