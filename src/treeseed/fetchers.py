@@ -55,7 +55,6 @@ FORMATS: dict[str, re.Pattern[str]] = {
 }
 MAX_LINE = 512
 
-BUILTIN_SCHEMES = ("http", "https", "file", "")  # and git+...: the git source names what it takes
 
 
 class FetcherError(FetchError):
@@ -116,23 +115,22 @@ class Fetcher:
     trusted: bool  # treeseed's own fetcher: its hash is computed while writing, by our code
 
 
-def scheme_of(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else ""
-
-
 def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = None,
                 configured: dict[str, str] | None = None) -> Fetcher:
     """The fetcher for ``url``: a configured command for its scheme, else the built-in one."""
-    scheme = scheme_of(url)
+    from .schemes import SCHEMES, scheme_name
+
+    scheme = scheme_name(url)
     command = (configured if configured is not None else _user_config_fetchers()).get(scheme)
     if command:
         return Fetcher(shlex.split(command) + [url], trusted=False)
-    if scheme not in BUILTIN_SCHEMES and not scheme.startswith("git+"):
+    # An unknown git+ transport goes to the built-in fetcher, whose git source says which it takes.
+    if scheme not in SCHEMES and not scheme.startswith("git+"):
         raise FetchError(f"{url}: no fetcher for scheme {scheme!r}; treeseed fetches http(s)://, "
                          "file://, git+https/http/file:// and local paths, and runs a command you "
                          f"configure for others: [fetchers] \"{scheme}\" = \"command ...\" in "
                          "the treeseed config file")
-    argv = [*builtin_command(site=scheme in ("http", "https")), url]
+    argv = [*builtin_command(site=scheme in SCHEMES and SCHEMES[scheme].module == "http"), url]
     for fmt in formats:
         argv += ["--format", fmt]
     if max_size is not None:
