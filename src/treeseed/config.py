@@ -308,6 +308,13 @@ def set_value(name: str, text: str) -> Any:
     return value
 
 
+def add_shared(packages: list[str]) -> None:
+    """Add ``packages`` to the ``share`` setting after those it lists already: local packages
+    the user says may be published (``treeseed seed --share``)."""
+    current = list(settings().share)
+    set_value("share", ",".join(current + [p for p in packages if p not in current]))
+
+
 def unset(name: str) -> bool:
     """Remove ``name`` from the file (it falls back to its default); False if it was not set.
     An unknown name is removed too if the file has it (that is how a misspelt key is fixed)."""

@@ -1,0 +1,90 @@
+"""``treeseed zig fetch`` and ``treeseed nix prefetch``: treeseed as the fetcher for Zig and Nix
+(:mod:`treeseed.interop`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import (
+    is_offline,
+    is_quiet,
+    limits_for,
+    open_cache,
+    plural,
+    positive_int,
+    refuse_network,
+    settings_for,
+)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
+             torrent: argparse.ArgumentParser) -> None:
+    zig = sub.add_parser("zig", parents=[common], help="fetch a Zig project's dependencies for zig build")
+    zsub = zig.add_subparsers(metavar="ACTION")
+    p = zsub.add_parser("fetch", parents=[common, torrent],
+                        help="fetch, verify and place the build.zig.zon dependencies where Zig looks")
+    p.add_argument("--fetch", dest="fetch_mode", choices=("needed", "all"), default="needed",
+                   help="needed: skip lazy dependencies (default); all: fetch them too")
+    p.add_argument("--zig-version", default="auto", choices=("auto", "0.14", "0.15", "0.16", "0.17"),
+                   help="the Zig that will build (auto: ask 'zig version')")
+    p.add_argument("--global-cache-dir", type=Path,
+                   help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
+    p.add_argument("--pkg-dir", type=Path,
+                   help="Zig 0.16+: the project's package directory (default: zig-pkg)")
+    p.add_argument("-j", "--jobs", type=positive_int, default=4,
+                   help="packages fetched at once (default 4)")
+    p.add_argument("--json", action="store_true", help="print what was placed as JSON")
+    p.set_defaults(run=cmd_zig_fetch, fetches=True)
+    zig.set_defaults(run=lambda a: zig.print_help() or 2)
+
+    nix = sub.add_parser("nix", parents=[common], help="Nix hashes of a URL, fetched through treeseed")
+    nsub = nix.add_subparsers(metavar="ACTION")
+    p = nsub.add_parser("prefetch", parents=[common],
+                        help="print what nix-prefetch-url prints (nix32), then the SRI form")
+    p.add_argument("url", help="http(s)://, file:// URL or a local path")
+    p.add_argument("--unpack", action="store_true",
+                   help="the NAR hash of the unpacked archive (fetchzip), not of the file (fetchurl)")
+    p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
+    p.set_defaults(run=cmd_nix_prefetch, fetches=True)
+    nix.set_defaults(run=lambda a: nix.print_help() or 2)
+
+
+def cmd_zig_fetch(args: argparse.Namespace) -> int:
+    from ..config import fetchers as configured_fetchers
+    from ..interop.zig import ZigFetch, detect_version, layout_for
+
+    project = Path.cwd()
+    version = detect_version() if args.zig_version == "auto" else args.zig_version
+    layout = layout_for(version, project, args.global_cache_dir, args.pkg_dir)
+    current = settings_for(args)
+    job = ZigFetch(open_cache(args), layout, args.fetch_mode, is_offline(args), args.jobs,
+                   configured_fetchers(), current.mirrors, current)
+    placed = job.run(project)
+    if args.json:
+        print(json.dumps([p.as_json() for p in placed], indent=2))
+    elif not is_quiet(args):
+        for p in placed:
+            print(f"{p.hash}\t{p.path}")
+        new = sum(p.status == "placed" for p in placed)
+        where = layout.pkg_dir or layout.global_cache / "p"
+        print(f"{plural(len(placed), 'package')} for Zig {version} in {where}: {new} placed, "
+              f"{len(placed) - new} already there", file=sys.stderr)
+    return 0
+
+
+def cmd_nix_prefetch(args: argparse.Namespace) -> int:
+    from ..config import fetchers as configured_fetchers
+    from ..interop.nix import prefetch
+
+    if is_offline(args):
+        refuse_network(args.url)
+    url = args.url if "://" in args.url else str(Path(args.url).absolute())
+    result = prefetch(url, open_cache(args), args.unpack, limits_for(args), configured_fetchers())
+    print(result.nix32)
+    print(result.sri)
+    if result.note and not is_quiet(args):
+        print(f"treeseed: note: {result.note}", file=sys.stderr)
+    return 0
