@@ -6,12 +6,11 @@ non-bare ones: ``/repo.git`` is ``root/repo.git`` whether that holds ``.git`` or
 records every request, so a test can assert what a client asked for (``requests``) and how many
 bytes of pack data it was sent (``sent("git-upload-pack")``).
 
-:func:`make_repo` commits a tree given like ``conftest.make_tree`` (plus submodules) with fixed
+:func:`make_repo` commits a tree given like ``helpers.make_tree`` (plus submodules) with fixed
 identities and dates, so the same calls give the same commit ids on every machine.
 
-Use it from a test module with ``from gitserver import git_server, make_repo`` (the fixture is
-then found by pytest), or for every module with ``pytest_plugins = ["gitserver"]`` in
-``tests/conftest.py``.
+``tests/conftest.py`` registers this module in ``pytest_plugins``, so a test names the
+``git_server`` fixture as an argument; helpers are imported (``from gitserver import make_repo``).
 """
 
 from __future__ import annotations
@@ -83,14 +82,14 @@ def make_repo(
     """Commit exactly ``files`` on ``branch`` of the (non-bare) repository at ``path``; return the
     commit id.
 
-    ``files`` is a ``conftest.make_tree`` spec (``bytes``, ``("x", bytes)``, ``("link", target)``)
+    ``files`` is a ``helpers.make_tree`` spec (``bytes``, ``("x", bytes)``, ``("link", target)``)
     whose values may also be :class:`Submodule` (a gitlink plus its ``.gitmodules`` entry). The
     commit's tree is ``files`` and nothing else: files of the previous commit not named are
     deleted. A new branch starts from the current commit. ``tag`` adds a lightweight tag,
     ``annotated_tag`` an annotated one; both move if they exist. Dates are fixed: the n-th commit
     of a repository is dated 2001-09-09 + n minutes, so commit ids are reproducible.
     """
-    from conftest import make_tree
+    from helpers import make_tree
 
     if not (path / ".git").exists():
         path.mkdir(parents=True, exist_ok=True)

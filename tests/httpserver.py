@@ -5,8 +5,9 @@ table (``routes``) says what each path answers (status, headers, body, and an an
 that may lie), and ``hits`` records every path requested, in order, so a test can assert what a
 client asked for (and that a second run asked for nothing).
 
-Use it from a test module with ``from httpserver import server  # noqa: F401`` (pytest then
-finds the fixture); ``servers`` makes as many more as a test needs, all closed at its end.
+``tests/conftest.py`` registers this module in ``pytest_plugins``, so a test names the
+``server`` fixture as an argument; ``servers`` makes as many more as a test needs, all closed at
+its end. Classes and helpers are imported (``from httpserver import Reply, Server``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
+from helpers import make_tree, run_cli
 
 from treeseed.hashing import hash_tree
 from treeseed.hashing.bencode import bdecode, bencode

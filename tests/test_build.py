@@ -16,14 +16,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tar_gz
-from httpserver import Reply, Server, server, servers  # noqa: F401  (the fixtures)
+from helpers import run_cli, tar_gz
+from httpserver import Reply, Server
+from waiting import wait_for
 
 ZLIB = "/pkgs/zlib-1.0.tar.gz"
 LAME = "/pkgs/lame-1.0.tar.gz"
@@ -140,16 +140,6 @@ def cached(cache: Path) -> set[str]:
 def line_of(path: Path, needle: str) -> int:
     """1-based number of the first line of ``path`` containing ``needle``."""
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 60.0,
-             poll: float = 0.05) -> None:
-    """Poll until ``condition()`` holds; fail (naming ``what``) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
 
 
 @dataclass

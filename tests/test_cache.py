@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
+from helpers import make_tree, run_cli
+from waiting import wait_for
 
 from treeseed.cache import Cache
 from treeseed.fetch import hash_path
@@ -243,14 +244,13 @@ def test_killed_fetch_leaves_nothing_half_done(tmp_path: Path, cache_dir: Path) 
     archive = tar_gz(tmp_path / "large.tar.gz", random_files(128, MiB), level=0)
     cmd = [sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir), "fetch", str(archive)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def filled() -> Path | None:
+        assert proc.poll() is None, "the fetch ended before its work directory was seen filled"
+        return _filled_workdir(cache_dir)
+
     try:
-        deadline = time.monotonic() + 60
-        work = None
-        while work is None and proc.poll() is None and time.monotonic() < deadline:
-            work = _filled_workdir(cache_dir)
-            if work is None:
-                time.sleep(0.002)
-        assert work is not None, "never saw the fetch's work directory fill"
+        work = wait_for("the fetch's work directory to fill", filled, timeout=60, poll=0.002)
         proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:

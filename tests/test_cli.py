@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
+from helpers import make_tree, run_cli
 
 TREE_KEYS = {"bt2", "zig", "nar", "git", "swhid", "files", "bytes"}
 

@@ -36,18 +36,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tomllib
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
-from gitserver import GitServer, _v2_command, file_url, git_server, make_repo  # noqa: F401
+from gitserver import GitServer, _v2_command, file_url, make_repo
 from gitserver import _Handler as GitHandler
-from httpserver import LoopbackServer, Reply, Server, server, tar_gz_bytes  # noqa: F401
+from helpers import make_tree, run_cli
+from httpserver import LoopbackServer, Reply, Server, tar_gz_bytes
+from waiting import WaitTimeout, wait_for
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc and relies on PR_SET_PDEATHSIG")
@@ -100,14 +101,6 @@ def assert_error(proc: subprocess.CompletedProcess[str], cache: Path, before: se
     return lines[0]
 
 
-def wait_for(predicate, what: str, timeout: float = HOLD) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -145,9 +138,8 @@ def descendants(root: int) -> set[int]:
 
 def survivors(pids: set[int], timeout: float = 15.0) -> set[int]:
     """The pids still alive after waiting (bounded) for all of them to go."""
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with suppress(WaitTimeout):
+        wait_for("every process to exit", lambda: not any(alive(p) for p in pids), timeout=timeout)
     return {p for p in pids if alive(p)}
 
 
@@ -176,16 +168,17 @@ def finish_cli(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
 
 def _hung_up(conn: socket.socket, timeout: float) -> bool:
     """Wait (at most ``timeout`` s) for the client to close ``conn``; True if it did."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([conn], [], [], 0.05)
-        if ready:
-            try:
-                if conn.recv(1, socket.MSG_PEEK) == b"":
-                    return True
-            except OSError:
-                return True
-            time.sleep(0.05)  # the client sent something: not a hang-up
+
+    def closed() -> bool:
+        if not select.select([conn], [], [], 0.05)[0]:
+            return False
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""  # else the client sent something
+        except OSError:
+            return True
+
+    with suppress(WaitTimeout):
+        return wait_for("the client to hang up", closed, timeout=timeout)
     return False
 
 
@@ -647,7 +640,8 @@ def test_fetcher_killed_midway_leaves_nothing(tmp_path: Path, cache_dir: Path) -
                           'mark("wrote")\nnap()\n')
     cli = start_cli(cache_dir, "fetch", "demo://pkg", env=demo.env)
     try:
-        wait_for(lambda: demo.read("wrote") is not None, "the fetcher to write part of package/")
+        wait_for("the fetcher to write part of package/", lambda: demo.read("wrote") is not None,
+                 timeout=HOLD, poll=0.02)
         os.kill(demo.pid, signal.SIGKILL)
     finally:
         proc = finish_cli(cli)
@@ -661,8 +655,8 @@ def test_killed_treeseed_takes_a_configured_fetcher_with_it(tmp_path: Path,
                           'mark("wrote")\nnap()\n')
     cli = start_cli(cache_dir, "fetch", "demo://pkg", env=demo.env)
     try:
-        wait_for(lambda: glob.glob(str(cache_dir / "tmp" / "*" / "package" / "part")),
-                 "the partial file")
+        wait_for("the partial file", lambda: glob.glob(str(cache_dir / "tmp" / "*" / "package" / "part")),
+                 timeout=HOLD, poll=0.02)
         cli.kill()
         cli.communicate(timeout=HOLD)
         left = survivors({demo.pid}, timeout=10)
@@ -839,10 +833,15 @@ def test_builtin_fetcher_loads_only_the_ref_lookup_before_announcing(tmp_path: P
                             stderr=log, env={**os.environ, "TREESEED_HASHES": str(fifo)})
     try:
         line = b""
-        deadline = time.monotonic() + HOLD
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
+
+        def whole_line() -> bool:
+            nonlocal line
             if select.select([reader], [], [], 1)[0]:
                 line += os.read(reader, 512)
+            return line.endswith(b"\n")
+
+        with suppress(WaitTimeout):
+            wait_for("the fetcher's hash line", whole_line, timeout=HOLD, poll=0)
         assert line == f"git-commit {commit}\n".encode()
         proc.send_signal(signal.SIGTERM)  # waiting for "continue" on its stdin
         assert proc.wait(timeout=HOLD) == 128 + signal.SIGTERM

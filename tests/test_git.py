@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
-from gitserver import GitServer, Submodule, file_url, git, git_server, make_repo  # noqa: F401
+from gitserver import GitServer, Submodule, file_url, git, make_repo
+from helpers import make_tree, run_cli
 
 V1 = {"README": b"version 1\n", "src/lib.c": b"int v = 1;\n"}
 V2 = {"README": b"version 2\n", "src/lib.c": b"int v = 2;\n", "bin/run": ("x", b"#!/bin/sh\n")}

@@ -19,12 +19,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli, run_on_terminal
+from helpers import make_tree, run_cli, run_on_terminal
 from httpserver import (
     Reply,
     Server,
     closed_port,
-    server,  # noqa: F401  (the fixture)
     tar_gz_bytes,
 )
 

@@ -21,8 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from httpserver import Reply, servers  # noqa: F401
+from helpers import run_cli
+from httpserver import Reply
 
 from treeseed.cache import Cache
 from treeseed.hashing.nar import from_nix32

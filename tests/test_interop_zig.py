@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tar_gz
-from httpserver import Reply, Server, servers  # noqa: F401
+from helpers import run_cli, tar_gz
+from httpserver import Reply, Server
 
 from treeseed.cache import Cache
 

@@ -13,17 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from httpserver import Reply, Server, closed_port, server  # noqa: F401  (the fixture)
-from swarmkit import wait_for
-from test_swarm import (  # noqa: F401  (fixtures)
-    DhtRouter,
-    RecordingTracker,
-    cached,
-    dht_router,
-    nodes,
-    small_tree,
-    tracker,
-)
+from httpserver import Reply, Server, closed_port
+from swarmkit import DhtRouter, RecordingTracker, cached, small_tree
+from waiting import wait_for
 
 from treeseed.cache import Cache
 from treeseed.fetch import hash_path

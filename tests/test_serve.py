@@ -24,15 +24,16 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import make_tree, run_cli
+from helpers import make_tree, run_cli
 from httpserver import closed_port
+from waiting import WaitTimeout, wait_for
 
 from treeseed.cache import Cache
 from treeseed.errors import CacheError
@@ -420,9 +421,8 @@ def test_libtorrent_downloads_a_package_from_the_web_seed(tmp_path: Path,
     params.save_path = str(tmp_path / "download")
     params.url_seeds = web_seeds([mirror.url], package_hash)
     handle = ses.add_torrent(params)
-    deadline = time.monotonic() + TIMEOUT
-    while not handle.status().is_seeding and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with suppress(WaitTimeout):
+        wait_for("the web seed download", lambda: handle.status().is_seeding, timeout=TIMEOUT)
     status = handle.status()
     ses.pause()
     assert status.is_seeding, f"web seed download stuck at {status.progress:.0%}: {mirror.logged()}"
@@ -867,9 +867,9 @@ def test_client_leaving_mid_stream_does_not_hurt_the_server(tmp_path: Path,
         sock.close()  # linger 0: a reset, mid-body
     reply = get(mirror, f"/{package_hash}.tar", {"Range": "bytes=0-99"})
     assert reply.status == 206 and len(reply.body) == 100
-    deadline = time.monotonic() + TIMEOUT
-    while "client gone" not in mirror.logged() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with suppress(WaitTimeout):
+        wait_for("the server to log the reset clients", lambda: "client gone" in mirror.logged(),
+                 timeout=TIMEOUT)
     assert "client gone" in mirror.logged()
     assert "Traceback" not in mirror.logged()
 
@@ -914,8 +914,9 @@ def wait_until_closed(socks: list[socket.socket], trickling: list[socket.socket]
     """Wait (at most TIMEOUT) for the server to close every socket, sending one more header
     byte into each trickling one every 0.2 s meanwhile; returns those still open."""
     open_ = list(socks)
-    deadline = time.monotonic() + TIMEOUT
-    while open_ and time.monotonic() < deadline:
+
+    def all_closed() -> bool:
+        nonlocal open_
         select.select(open_[:500], [], [], 0.2)
         open_ = [s for s in open_ if not closed_by_peer(s)]
         for sock in trickling:
@@ -924,6 +925,11 @@ def wait_until_closed(socks: list[socket.socket], trickling: list[socket.socket]
                     sock.send(b"a")
                 except OSError:
                     open_.remove(sock)
+        return not open_
+
+    if open_:
+        with suppress(WaitTimeout):
+            wait_for("the server to close every connection", all_closed, timeout=TIMEOUT, poll=0)
     return open_
 
 
@@ -1001,11 +1007,16 @@ def test_stalled_readers_hold_only_workers_and_are_dropped(tmp_path: Path,
         for sock in readers:
             sock.close()
     answered = b""
-    wait_until = time.monotonic() + TIMEOUT
-    while not answered.startswith(b"HTTP/1.1 200") and time.monotonic() < wait_until:
+
+    def answered_200() -> bool:
+        nonlocal answered
         with socket.create_connection(("127.0.0.1", busy.port), timeout=TIMEOUT) as client:
             client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             answered = read_to_end(client)
+        return answered.startswith(b"HTTP/1.1 200")
+
+    with suppress(WaitTimeout):
+        wait_for("a request answered once the readers left", answered_200, timeout=TIMEOUT, poll=0)
     assert answered.startswith(b"HTTP/1.1 200 "), answered[:60]
 
 

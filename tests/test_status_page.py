@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from swarmkit import Peer, random_package, wait_for
+from swarmkit import Peer, random_package
+from waiting import wait_for
 
 from treeseed.swarm.status import host_allowed
 

@@ -15,7 +15,6 @@ Waits are polls bounded by a timeout; no assertion is about elapsed time.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,189 +23,35 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import make_tree, tar_gz
+from helpers import make_tree, tar_gz
 from httpserver import LoopbackServer, closed_port
-from swarmkit import free_port, snapshot, toml_value, wait_for
+from swarmkit import (
+    LOCAL_DHT,
+    DhtRouter,
+    Node,
+    RecordingTracker,
+    alive,
+    cached,
+    free_port,
+    lt_session,
+    small_tree,
+    snapshot,
+)
+from waiting import wait_for
 
 from treeseed.cache import Cache
 from treeseed.hashing.bencode import bdecode, bencode
 from treeseed.ids import hex_of
 
 PIECE = 256 * 1024
-
-
-# --------------------------------------------------------------------------- caches with settings
-
-
-class Node:
-    """One cache, its settings file, and the treeseed processes run for it."""
-
-    def __init__(self, root: Path, **settings: object) -> None:
-        self.root = root
-        root.mkdir(parents=True)
-        self.cache = root / "cache"
-        self.config = root / "config.toml"
-        self.log = root / "seeder.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.settings: dict[str, object] = {
-            "listen": f"127.0.0.1:{free_port()}", "dht": False, "dht_bootstrap": [],
-            "lsd": False, "upnp": False, "seed_delay": 0}
-        self.configure(**settings)
-
-    def configure(self, **settings: object) -> None:
-        self.settings.update(settings)
-        self.config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.settings.items()))
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "TREESEED_CONFIG": str(self.config)}
-
-    def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "treeseed", "--cache-dir", str(self.cache), *args],
-                              capture_output=True, text=True, env={**self.env, **(env or {})},
-                              cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"treeseed {' '.join(args)} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    def fetch(self, package_hash: str, *args: str, env: dict[str, str] | None = None,
-              check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return self.run("fetch", package_hash, "--torrent", *args, env=env, check=check,
-                        timeout=timeout)
-
-    def install(self, source: Path) -> str:
-        """Put a package into this cache the ordinary way (the fetch pipeline, which also
-        writes its .torrent and block hashes); returns its hash."""
-        from treeseed.fetch import fetch
-
-        cache = Cache(self.cache)
-        try:
-            package_hash = fetch(str(source), cache).hash
-        finally:
-            cache.close()
-        self.share(package_hash)
-        return package_hash
-
-    def share(self, package_hash: str) -> None:
-        """Say a package installed from a local path may be published (the ``share``
-        setting): treeseed never publishes such a package on its own."""
-        shared = list(self.settings.get("share", []))  # type: ignore[call-overload]
-        self.configure(share=[*shared, package_hash])
-
-    def package(self, package_hash: str) -> Path:
-        return self.cache / "p" / package_hash
-
-    # ------------------------------------------------------------------ the seeder
-
-    def start_seeder(self, *args: str, env: dict[str, str] | None = None) -> dict:
-        """``treeseed seed`` in the foreground, as a child process; returns its first status."""
-        assert self.proc is None or self.proc.poll() is not None
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "treeseed", "--cache-dir", str(self.cache), "seed", *args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**self.env, **(env or {})})
-
-        def up() -> dict | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"the seeder exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            return self.status()
-
-        return wait_for("the seeder to answer", up)
-
-    def detach_seeder(self) -> dict:
-        out = self.run("seed", "--detach").stdout
-        assert out.startswith("seeder running (pid "), out
-        status = self.status()
-        assert status is not None
-        return status
-
-    def status(self) -> dict | None:
-        """The running seeder's status through its socket, or None if none answers."""
-        from treeseed.swarm.client import SeederClient
-
-        cache = Cache(self.cache)
-        client = SeederClient.connect(cache, timeout=10)
-        if client is None:
-            return None
-        with client:
-            try:
-                return client.call({"op": "status"}, timeout=10)
-            except (OSError, ValueError):
-                return None
-
-    @property
-    def peer(self) -> str:
-        """This cache's seeder as a static peer for another cache's settings."""
-        status = self.status()
-        assert status is not None, "no seeder runs"
-        return f"127.0.0.1:{status['listen_port']}"
-
-    def stop_seeder(self) -> None:
-        """Stop whatever seeder runs for this cache and wait until its process is gone."""
-        info = self.seeder_info()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        elif info is not None:
-            self.run("seed", "stop", check=False, timeout=60)
-            pid = info["pid"]
-            with contextlib.suppress(AssertionError):
-                wait_for("the detached seeder to exit", lambda: not alive(pid), timeout=20)
-            if alive(pid):  # a detached seeder this test started: it must not outlive the test
-                os.kill(pid, signal.SIGKILL)
-
-    def seeder_info(self) -> dict | None:
-        try:
-            return json.loads((self.cache / "seed" / "seeder.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, now reaped
-            return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    made: list[Node] = []
-
-    def make(name: str, **settings: object) -> Node:
-        made.append(Node(tmp_path / name, **settings))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for node in made:
-            node.stop_seeder()
 
 
 # --------------------------------------------------------------------------- packages
@@ -234,14 +79,6 @@ def one_file_tree(root: Path) -> Path:
     return make_tree(root, {"only.bin": os.urandom(PIECE + 1000)})
 
 
-def small_tree(root: Path, name: str | None = None, private: bool = False, size: int = 20_000) -> Path:
-    spec: dict[str, object] = {"data.bin": os.urandom(size)}
-    if name is not None:
-        spec["treeseed.toml"] = (f'[package]\nname = "{name}"\nversion = "1.0.0"\n'
-                                 + ("private = true\n" if private else "")).encode()
-    return make_tree(root, spec)
-
-
 def assert_same_package(a: Node, b: Node, package_hash: str) -> None:
     assert snapshot(b.package(package_hash)) == snapshot(a.package(package_hash))
     cache = Cache(b.cache)
@@ -263,67 +100,12 @@ def corrupt_in_place(path: Path) -> None:
     assert path.stat().st_size == size
 
 
-def cached(node: Node) -> set[str]:
-    p = node.cache / "p"
-    return set(os.listdir(p)) if p.exists() else set()
-
-
 def leftovers(node: Node) -> list[str]:
     tmp = node.cache / "tmp"
     return os.listdir(tmp) if tmp.exists() else []
 
 
 # --------------------------------------------------------------------------- witnesses
-
-
-class _TrackerHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        params = urllib.parse.parse_qs(url.query, encoding="latin-1")
-        info_hash = params.get("info_hash", [""])[0].encode("latin-1").hex()
-        with self.server.lock:  # type: ignore[attr-defined]
-            self.server.announces.append((url.path, info_hash, params.get("event", [""])[0]))  # type: ignore[attr-defined]
-        body = bencode({b"interval": 1800, b"peers": b""})
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class RecordingTracker(LoopbackServer):
-    """An HTTP tracker that hands out no peers and records every announce it receives."""
-
-    def __init__(self) -> None:
-        super().__init__(_TrackerHandler)
-        self.httpd.announces = []  # type: ignore[attr-defined]
-        self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
-        self.start()
-
-    @property
-    def announce_url(self) -> str:
-        return self.url("/announce")
-
-    def announces(self, package_hash: str | None = None) -> list[tuple[str, str, str]]:
-        with self.httpd.lock:  # type: ignore[attr-defined]
-            seen = list(self.httpd.announces)  # type: ignore[attr-defined]
-        if package_hash is None:
-            return seen
-        return [a for a in seen if a[1] == hex_of(package_hash)[:40]]
-
-
-@pytest.fixture
-def tracker() -> Iterator[RecordingTracker]:
-    srv = RecordingTracker()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 class _SlowHandler(BaseHTTPRequestHandler):
@@ -396,68 +178,6 @@ def project(root: Path, url: str, package_hash: str, name: str = "pkg") -> Path:
     (root / "treeseed.toml").write_text(
         f'[package]\nname = "app"\n\n[dependencies.{name}]\nurl = "{url}"\nhash = "{package_hash}"\n')
     return root
-
-
-@contextlib.contextmanager
-def lt_session(**extra: object) -> Iterator[Any]:
-    """A libtorrent session of the test's own: loopback, explicit port, no LSD, UPnP, NAT-PMP;
-    no DHT unless ``extra`` turns on a local one."""
-    import libtorrent as lt
-
-    pack = {"listen_interfaces": f"127.0.0.1:{free_port()}", "enable_dht": False,
-            "dht_bootstrap_nodes": "", "enable_lsd": False, "enable_upnp": False,
-            "enable_natpmp": False, "enable_incoming_utp": False, "enable_outgoing_utp": False,
-            "alert_mask": 0, **extra}
-    session = lt.session(pack)
-    try:
-        yield session
-    finally:
-        session.pause()
-        for handle in session.get_torrents():
-            session.remove_torrent(handle)
-        del session
-
-
-class DhtRouter:
-    """A DHT-only libtorrent node on loopback that the other nodes bootstrap from, and that
-    reports each announce and lookup it receives (its ``dht_notification`` alerts)."""
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-        self.seen: list[tuple[str, str, int | None]] = []  # (kind, 40 hex, port)
-
-    @property
-    def node(self) -> str:
-        return f"127.0.0.1:{self.session.listen_port()}"
-
-    def poll(self) -> list[tuple[str, str, int | None]]:
-        import libtorrent as lt
-
-        for alert in self.session.pop_alerts():
-            if isinstance(alert, lt.dht_announce_alert):
-                self.seen.append(("announce", str(alert.info_hash), alert.port))
-            elif isinstance(alert, lt.dht_get_peers_alert):
-                self.seen.append(("get_peers", str(alert.info_hash), None))
-        return self.seen
-
-    def saw(self, kind: str, package_hash: str) -> list[tuple[str, str, int | None]]:
-        return [s for s in self.poll() if s[0] == kind and s[1] == hex_of(package_hash)[:40]]
-
-    def mentions(self, package_hash: str) -> list[tuple[str, str, int | None]]:
-        return [s for s in self.poll() if s[1] == hex_of(package_hash)[:40]]
-
-
-LOCAL_DHT = {"dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
-             "dht_prefer_verified_node_ids": False}
-
-
-@pytest.fixture
-def dht_router() -> Iterator[DhtRouter]:
-    import libtorrent as lt
-
-    with lt_session(enable_dht=True, alert_mask=lt.alert.category_t.dht_notification,
-                    **LOCAL_DHT) as session:
-        yield DhtRouter(session)
 
 
 @pytest.fixture

@@ -31,13 +31,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_tree
+from helpers import make_tree
 from httpserver import (
     Reply,
     Server,
-    server,  # noqa: F401  (the fixture)
 )
-from swarmkit import Peer, free_port, random_package, snapshot, wait_for
+from swarmkit import Peer, free_port, random_package, snapshot
+from waiting import wait_for
 
 lt = pytest.importorskip("libtorrent", reason="pip install libtorrent (the swarm's BitTorrent engine)")
 

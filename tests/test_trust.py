@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, run_cli
-from gitserver import GitServer, Submodule, git_server, make_repo  # noqa: F401  (the fixture)
-from httpserver import Reply, Server, server  # noqa: F401  (the fixture)
-from test_deps import Packages, cached, dep_toml, deps_fetch, error_lines, make_root, serve
+from depskit import Packages, cached, dep_toml, deps_fetch, error_lines, make_root, serve
+from gitserver import GitServer, Submodule, make_repo
+from helpers import make_tree, run_cli
+from httpserver import Reply, Server
 
 # --------------------------------------------------------------------------- defect 1:
 # a manifest fetched from the network names local paths
@@ -137,7 +137,7 @@ def test_a_lying_fetcher_cannot_claim_another_archives_digest(tmp_path: Path, ca
     archive unpacks it and installs the real tree, not the fetcher's."""
     import hashlib
 
-    from conftest import tar_gz
+    from helpers import tar_gz
     from test_fetchers import WRITE_PACKAGE, Demo
 
     real = tmp_path / "real-1.0.tar.gz"
@@ -193,7 +193,7 @@ def test_network_zon_may_not_name_local_paths(tmp_path: Path, server: Server, sp
     """``treeseed zig fetch``: a dependency served over HTTP whose build.zig.zon names a
     directory on this machine (a file:// URL, or a .path that climbs out of the package) is
     refused, naming its build.zig.zon line and the rule; nothing of the secret is fetched."""
-    from conftest import tar_gz
+    from helpers import tar_gz
     from test_interop_zig import dep_entry, manifest, zig_fetch_hash
 
     monkeypatch.setenv("ZIG_GLOBAL_CACHE_DIR", str(tmp_path / "zig-global"))
