@@ -311,8 +311,8 @@ def set_value(name: str, text: str) -> Any:
 def add_shared(packages: list[str]) -> None:
     """Add ``packages`` to the ``share`` setting after those it lists already: local packages
     the user says may be published (``treeseed seed --share``)."""
-    current = list(settings().share)
-    set_value("share", ",".join(current + [p for p in packages if p not in current]))
+    merged = list(dict.fromkeys([*settings().share, *packages]))  # each once, in order
+    set_value("share", ",".join(merged))
 
 
 def unset(name: str) -> bool:
