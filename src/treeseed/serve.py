@@ -229,11 +229,8 @@ class PublicPackages:
         if settings is None:  # broken settings: nothing goes out
             self._public = frozenset()
             return
-        cache = Cache(self._cache_root)
-        try:
-            self._public = Sharing(cache, settings, self._manifests).publishable(hashes)
-        finally:
-            cache.close()
+        # Sharing reads the index through a connection of its own, per thread.
+        self._public = Sharing(Cache(self._cache_root), settings, self._manifests).publishable(hashes)
 
 
 class Mirror:
