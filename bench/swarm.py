@@ -1,9 +1,12 @@
 """N treeseed caches fetching one 300 MB package on loopback, with and without the swarm.
 
     python bench/swarm.py [--ns 1,2,4,8] [--runs 3] [--size-mb 300] [--modes http,swarm,staggered]
+                          [--origin-rate 20M]
 
 One origin HTTP server (in this process, on 127.0.0.1, ``sendfile`` under a byte counter) serves
-the package as a plain .tar. For each N, every mode starts from N empty caches, launches N
+the package as a plain .tar, at most ``--origin-rate`` bytes per second in total over all its
+connections (default 20 MB/s, what a forge or tarball host gives one client at best; ``0``
+means loopback speed, where the swarm can only lose). For each N, every mode starts from N empty caches, launches N
 ``treeseed -C app fetch --json`` processes at once (``app`` pins the package by url and hash)
 and times until the last one exits; the origin's counter gives the bytes it sent, and each
 fetch's JSON says whether the swarm or the origin delivered. Modes, alternated within each run:
@@ -104,12 +107,39 @@ def build_package(size_mb: int) -> tuple[Path, str]:
 # --------------------------------------------------------------------------- the origin
 
 
+class RateLimit:
+    """A token bucket shared by every connection of the origin: ``rate`` bytes per second in
+    total (0: no limit), with one chunk of burst."""
+
+    CHUNK = 256 << 10
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+
+    def chunk(self) -> int:
+        return self.CHUNK if self.rate else 4 << 20
+
+    def take(self, n: int) -> None:
+        """Wait until ``n`` more bytes fit under the rate."""
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_free)
+            self.next_free = start + n / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
 class Origin:
     """Serves one file on 127.0.0.1 with sendfile and counts every byte it sends."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, rate: float = 0.0) -> None:
         origin = self
         self.path = path
+        self.limit = RateLimit(rate)
         self.sent = 0
         self.requests = 0
         self.lock = threading.Lock()
@@ -132,8 +162,10 @@ class Origin:
                 with open(origin.path, "rb") as f:
                     offset = 0
                     while offset < size:
+                        want = min(origin.limit.chunk(), size - offset)
+                        origin.limit.take(want)
                         try:
-                            n = self.connection.sendfile(f, offset, min(4 << 20, size - offset))
+                            n = self.connection.sendfile(f, offset, want)
                         except OSError:  # the client cancelled (its swarm won the race)
                             return
                         if n == 0:
@@ -295,7 +327,10 @@ def main() -> int:
     parser.add_argument("--modes", default="http,swarm,staggered")
     parser.add_argument("--step", type=float, default=10.0,
                         help="staggered: seconds between the caches' head starts (default 10)")
+    parser.add_argument("--origin-rate", default="20M",
+                        help="the origin's total bytes/s (20M, 500k, 0 for unlimited; default 20M)")
     args = parser.parse_args()
+    rate = parse_rate(args.origin_rate)
     ns = [int(x) for x in args.ns.split(",")]
     modes = args.modes.split(",")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -304,8 +339,9 @@ def main() -> int:
     size = tar.stat().st_size
     print(f"machine: {os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}; "
           f"package {package_hash[:16]}..., {size / 1e6:.0f} MB as .tar; runs per cell: {args.runs}; "
-          f"staggered step {args.step:g} s", flush=True)
-    origin = Origin(tar)
+          f"staggered step {args.step:g} s; origin "
+          f"{f'{rate / 1e6:g} MB/s' if rate else 'unlimited (loopback)'}", flush=True)
+    origin = Origin(tar, rate)
     results: dict[tuple[int, str], list[dict]] = {}
     try:
         for n in ns:
@@ -321,6 +357,14 @@ def main() -> int:
     report(ns, modes, results, size)
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def parse_rate(text: str) -> float:
+    """``20M`` -> 20e6 bytes/s, ``500k`` -> 5e5, ``0`` -> no limit."""
+    units = {"k": 1e3, "m": 1e6, "g": 1e9}
+    text = text.strip().lower().removesuffix("b/s").removesuffix("/s")
+    factor = units.get(text[-1:], 1.0)
+    return float(text[:-1] if text[-1:] in units else text) * factor
 
 
 def report(ns: list[int], modes: list[str], results: dict, size: int) -> None:
