@@ -57,8 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "fetches", False):
         _stop_on_signals()
     try:
+        if _needs_swarm(args):  # say so before anything starts, not after a fetch fell back
+            from ..swarm.lt import libtorrent
+
+            libtorrent()
         status = args.run(args) or 0
     except TreeseedError as exc:
+        exc = _swarm_unavailable(exc) or exc
         return _fail(args, str(exc), type(exc).__name__, _details(exc))
     except KeyboardInterrupt as exc:
         return _interrupted(args, getattr(exc, "signum", signal.SIGINT))
@@ -77,6 +82,29 @@ def _fail(args: argparse.Namespace, message: str, what: str,
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "what": what, **(details or {})}), flush=True)
     return 1
+
+
+def _needs_swarm(args: argparse.Namespace) -> bool:
+    """The command cannot do what it was asked without libtorrent: ``--torrent`` given
+    explicitly, or ``treeseed seed`` itself (not ``--share``, ``status`` or ``stop``, which only
+    write the settings or talk to the socket)."""
+    return getattr(args, "torrent", None) is True or (
+        args.run is seed.cmd_seed and not getattr(args, "share", None))
+
+
+def _swarm_unavailable(exc: BaseException) -> BaseException | None:
+    """The missing-libtorrent error behind ``exc``, if that is what it comes down to (a swarm-only
+    fetch wraps it as the swarm's reason): its one line says it all."""
+    from ..swarm.lt import SwarmUnavailable
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, SwarmUnavailable):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 #: Attributes of an error worth giving a tool reading --json (HashMismatch, ManifestError, ...).

@@ -46,9 +46,9 @@ _POLL = 0.1
 
 
 def _lt():  # imported on first use: most treeseed commands never touch the swarm
-    import libtorrent
+    from .lt import libtorrent  # SwarmUnavailable, one line, where this platform has none
 
-    return libtorrent
+    return libtorrent()
 
 
 def session_settings(settings: Settings) -> dict:
