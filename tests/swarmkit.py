@@ -189,7 +189,7 @@ class Node:
         return {**os.environ, "TREESEED_CONFIG": str(self.config)}
 
     def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True,
-            cwd: Path | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+            cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "treeseed", "--cache-dir", str(self.cache), *args],
                               capture_output=True, text=True, env={**self.env, **(env or {})},
                               cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -200,7 +200,7 @@ class Node:
         return proc
 
     def fetch(self, package_hash: str, *args: str, env: dict[str, str] | None = None,
-              check: bool = True, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+              check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self.run("fetch", package_hash, "--torrent", *args, env=env, check=check,
                         timeout=timeout)
 

@@ -59,7 +59,7 @@ class Chromium:
         self._next_id = 0
         self.session: str | None = None
 
-    def call(self, method: str, timeout: float = 30.0, **params: object) -> dict:
+    def call(self, method: str, timeout: float = 120.0, **params: object) -> dict:
         """Send one command (to the attached page, once there is one) and return its result."""
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params}
@@ -86,7 +86,7 @@ class Chromium:
         return json.loads(message)
 
     def open(self, url: str) -> None:
-        target = self.call("Target.createTarget", url=url, timeout=60)["targetId"]
+        target = self.call("Target.createTarget", url=url, timeout=120)["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
     def eval(self, expression: str) -> object:
@@ -149,7 +149,7 @@ def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:
             browser.open(url)
             page = wait_for("the page to draw the seeded packages",
                             lambda: (p := browser.eval(READ_PAGE)) and len(p["rows"]) == 2 and p,
-                            timeout=30)
+                            timeout=120)
             assert set(page["rows"]) == set(public)
             for package_hash, name in public.items():
                 assert cells(page, package_hash)["name"] == name
@@ -166,7 +166,7 @@ def test_status_page_refreshes_itself_in_chromium(tmp_path: Path) -> None:
             alpha = hashes["alpha"]
             page = wait_for("the page to show alpha's upload without a reload",
                             lambda: (p := browser.eval(READ_PAGE)) and alpha in p["rows"]
-                            and cells(p, alpha)["uploaded"] != "0 B" and p, timeout=30)
+                            and cells(p, alpha)["uploaded"] != "0 B" and p, timeout=120)
         finally:
             browser.close()
 

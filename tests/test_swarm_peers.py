@@ -153,14 +153,14 @@ def test_corrupt_peer_cannot_corrupt_the_fetch(tmp_path: Path, server: Server) -
     try:
         wait_for("the liar to send a corrupt block",
                  lambda: attacker.collect() or attacker.corrupt_blocks_sent or fetch.poll() is not None,
-                 timeout=60)
+                 timeout=120)
         assert fetch.poll() is None, fetch.communicate()
         with honest.seeding():
-            _, err = fetch.communicate(timeout=120)
+            _, err = fetch.communicate(timeout=300)
             if fetch.returncode == 0 and not server.hits:  # the swarm delivered: the honest
                 # seeder counts its upload (its statistics are recorded every second)
                 wait_for("the honest seeder to count its upload",
-                         lambda: honest.status()["packages"][0]["uploaded"], timeout=10)
+                         lambda: honest.status()["packages"][0]["uploaded"], timeout=120)
         attacker.collect()
         attacker_uploaded = attacker.handle.status().total_payload_upload
     finally:
@@ -226,7 +226,7 @@ class QBittorrent:
         self.proc = subprocess.Popen(
             [QBITTORRENT, f"--profile={profile}", f"--webui-port={self.webui_port}"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=env)
-        wait_for("qBittorrent's WebUI", self._answers, timeout=30)
+        wait_for("qBittorrent's WebUI", self._answers, timeout=120)
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
@@ -279,17 +279,17 @@ def test_qbittorrent_downloads_a_package_from_treeseed_seed(tmp_path: Path) -> N
         try:
             qbt.api("torrents/add", urls=magnet(package_hash), savepath=str(downloads))
             ident = hex_id(package_hash)
-            wait_for("qBittorrent to list the magnet", lambda: qbt.torrent(ident), timeout=20)
+            wait_for("qBittorrent to list the magnet", lambda: qbt.torrent(ident), timeout=120)
             qbt.api("torrents/addPeers", hashes=ident, peers=seeder.address)
             done = wait_for("qBittorrent to finish and seed",
                             lambda: (t := qbt.torrent(ident)) and t["state"] in SEEDING_STATES and t,
-                            timeout=90)
+                            timeout=300)
         finally:
             qbt.close()
         # It came from treeseed's seeder, the only peer qBittorrent knew of.
         size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file() and not f.is_symlink())
         wait_for("the seeder to count its upload",
-                 lambda: seeder.status()["packages"][0]["uploaded"] >= size, timeout=10)
+                 lambda: seeder.status()["packages"][0]["uploaded"] >= size, timeout=120)
     assert done["progress"] == 1
     assert snapshot(downloads / "package") == snapshot(package)
     assert (downloads / "package" / "bin" / "run.sh").stat().st_mode & 0o111

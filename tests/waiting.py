@@ -19,7 +19,7 @@ class WaitTimeout(AssertionError):
     treats "still not" as an answer) suppresses this and asserts what it saw."""
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, poll: float = 0.05) -> T:
+def wait_for(what: str, check: Callable[[], T], timeout: float = 120.0, poll: float = 0.05) -> T:
     """Call ``check`` until it returns something truthy, and return that; every ``poll`` s, for
     at most ``timeout`` s, then raise :class:`WaitTimeout` naming ``what``. An exception from
     ``check`` (an assertion that the awaited thing can no longer happen) ends the wait at once."""
