@@ -171,3 +171,121 @@ def announce_new(cache: Cache, result: FetchResult, settings: Settings) -> None:
         from .swarm.client import notify_added
 
         notify_added(cache, result.hash)
+
+
+def obtain_by_alias(
+    cache: Cache,
+    fmt: str,
+    value: str,
+    settings: Settings,
+    offline: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
+    names: Sequence[str] = (),
+    urls: Sequence[str] = (),
+) -> FetchResult:
+    """Fetch the package another tool knows by ``value`` in format ``fmt`` (zig, nar, git,
+    nix-store, archive-sha256: :func:`treeseed.swarm.aliases.parse_hash`).
+
+    The bt2 hash is looked for in this order: the cache's own index (aliases treeseed derived
+    itself), each mirror's ``/alias/<fmt>/<value>``, then, with torrenting and the DHT on, the
+    DHT (:mod:`treeseed.swarm.aliases`). A mirror's or the DHT's answer is only a hint: the
+    package it names is had by its bt2 hash (:func:`obtain`, so its bytes are that package's),
+    then hashed in ``fmt``; a package that does not have ``value`` is removed again (unless it
+    was cached before) and the error says the hint was wrong. ``names`` are the names the
+    caller knows the package by: a private one is never looked up in the DHT. ``urls`` are
+    origin URLs for the package (a build.zig.zon's ``.url``), raced as for any pinned package.
+    """
+    from .install import cached_result
+    from .sharing import Sharing
+    from .swarm.aliases import tree_hash
+
+    known = cache.resolve(fmt, value)
+    if known and cache.has(known):
+        return cached_result(cache, known, "cache", ())
+    wanted = f"{fmt} {value}"
+    if fmt == "archive-sha256":
+        raise FetchError(f"{wanted} is not in the cache; an archive digest cannot be checked "
+                         "against a tree, so mirrors and the DHT are not asked for one")
+    reasons: list[str] = []
+    tried: set[str] = set()
+
+    def attempt(package_hash: str, where: str) -> FetchResult | None:
+        if package_hash in tried:
+            return None
+        tried.add(package_hash)
+        had = cache.has(package_hash)
+        try:
+            result = obtain(cache, package_hash, urls, settings, offline=offline,
+                            progress=progress, names=names)
+        except TreeseedError as exc:
+            reasons.append(f"{where} named {package_hash}, which could not be fetched: {exc}")
+            return None
+        got = tree_hash(result.path, fmt, value, package_hash)
+        if got == value:
+            from .install import record_aliases
+
+            if fmt in ("nar", "git") or (fmt == "zig" and not value.startswith("1220")):
+                record_aliases(cache, package_hash, {fmt: value})
+            return result
+        if not had:
+            cache.remove(package_hash)
+        reasons.append(f"{where} hint was wrong: it named {package_hash}, whose {fmt} hash is "
+                       f"{got}, not {value}; nothing was installed")
+        return None
+
+    if not offline:
+        mirror_fmt = fmt if fmt != "nix-store" else None
+        for mirror in settings.mirrors if mirror_fmt else ():
+            package_hash = resolve_alias(mirror, mirror_fmt, value)
+            if package_hash is None:
+                reasons.append(f"{mirror}: does not know {wanted}")
+                continue
+            found = attempt(package_hash, f"the mirror {mirror}'s")
+            if found is not None:
+                return found
+    refused = Sharing(cache, settings).may_look_up("", names)
+    if offline:
+        reasons.append("the DHT: not asked, --offline")
+    elif not (settings.torrent and settings.dht):
+        reasons.append("the DHT: not asked (torrenting or the DHT is off)")
+    elif refused is not None:
+        from .sharing import private_because
+
+        reasons.append(f"the DHT: not asked, {private_because(names[0] if names else value, refused)}")
+    else:
+        package_hash = dht_lookup(cache, settings, fmt, value)
+        if package_hash is None:
+            reasons.append(f"the DHT: no item names {wanted}")
+        else:
+            found = attempt(package_hash, "the DHT")
+            if found is not None:
+                return found
+    raise AllSourcesFailed(wanted, reasons)
+
+
+def dht_lookup(cache: Cache, settings: Settings, fmt: str, value: str) -> str | None:
+    """The bt2 hash the DHT's alias item for ``value`` names (a hint), asked through this
+    cache's running seeder (its DHT is warm) or a short-lived session of our own."""
+    from .swarm.client import SeederClient
+
+    client = SeederClient.connect(cache)
+    if client is not None:
+        with client:
+            try:
+                answer = client.call({"op": "alias", "format": fmt, "value": value}, timeout=90)
+            except (OSError, ValueError):
+                answer = {}
+        found = answer.get("hash")
+        if "error" not in answer:
+            return found if isinstance(found, str) else None
+    from .swarm.aliases import AliasDht
+    from .swarm.session import Swarm
+
+    swarm = Swarm(settings)
+    dht = AliasDht(swarm)
+    try:
+        return dht.get(fmt, value)
+    finally:
+        dht.close()
+        swarm.close()
+        del dht, swarm

@@ -27,7 +27,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                        help="fetch a package into the cache, or (no URL) this package's dependencies")
     p.add_argument("url", nargs="?",
                    help="http(s)://, file://, git+...:// URL, a local path (archive or directory), "
-                        "or a package hash bt2-<hex> (from mirrors, then the swarm); without it: "
+                        "or a package hash bt2-<hex> (from mirrors, then the swarm), or another "
+                        "tool's hash of it: zig, Nix NAR (sha256-...) or store path, git tree, "
+                        "swh:1:dir (found through the index, mirrors and DHT, then verified); "
+                        "without it: "
                         "every non-lazy dependency of the package here, and theirs")
     p.add_argument("--lazy", action="store_true",
                    help="without URL: also fetch the package's own lazy dependencies")
@@ -58,6 +61,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     if is_bt2(args.url):
         result = _fetch_by_hash(args)
+    elif (alias := _other_hash(args.url)) is not None:
+        result = _fetch_by_alias(args, *alias)
     else:
         if is_offline(args) and not (args.expected and open_cache(args).has(args.expected)):
             refuse_network(args.url)
@@ -114,6 +119,33 @@ def _fetch_by_hash(args: argparse.Namespace):
                             "or turn the swarm on (--torrent, or 'treeseed config set torrent on')")
     with DownloadProgress(args) as progress:
         result = obtain(cache, args.url, [], settings, offline=is_offline(args), progress=progress)
+    announce_new(cache, result, settings)
+    if args.formats:
+        result = cached_result(cache, result.hash, result.source, args.formats)
+    return result
+
+
+def _other_hash(text: str) -> tuple[str, str] | None:
+    """(format, value) when ``text`` is another tool's hash of a tree (not a URL or an
+    existing path): :func:`treeseed.swarm.aliases.parse_hash`."""
+    if "://" in text or os.path.lexists(text):
+        return None
+    from ..swarm.aliases import parse_hash
+
+    return parse_hash(text)
+
+
+def _fetch_by_alias(args: argparse.Namespace, fmt: str, value: str):
+    """``treeseed fetch HASH`` with a Zig, Nix (NAR or store path), git tree or SWHID hash:
+    the cache's index, the mirrors, then the DHT name the package, which is then fetched by
+    its bt2 hash and verified against the hash given (:func:`treeseed.locate.obtain_by_alias`)."""
+    from ..install import cached_result
+    from ..locate import announce_new, obtain_by_alias
+
+    cache, settings = open_cache(args), settings_for(args)
+    with DownloadProgress(args) as progress:
+        result = obtain_by_alias(cache, fmt, value, settings, offline=is_offline(args),
+                                 progress=progress)
     announce_new(cache, result, settings)
     if args.formats:
         result = cached_result(cache, result.hash, result.source, args.formats)

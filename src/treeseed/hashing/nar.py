@@ -234,6 +234,26 @@ def sri(digest: bytes) -> str:
     return SRI_PREFIX + base64.b64encode(digest).decode("ascii")
 
 
+#: Nix's default store directory: part of every store path's hash.
+STORE_DIR = "/nix/store"
+
+
+def store_path_hash(nar_digest: bytes, name: str = "source", store_dir: str = STORE_DIR) -> str:
+    """The 32-character hash part of the store path Nix gives a tree added by content
+    (``nix-store --add-fixed --recursive sha256 DIR``, and every fetcher's ``outPath``): Nix's
+    ``makeFixedOutputPath`` for a recursive SHA-256 NAR hash and no references, i.e.
+    nix32 of SHA-256(``source:sha256:<hex NAR hash>:<store dir>:<name>``) folded to 20 bytes
+    by XOR. The full path is ``<store dir>/<hash>-<name>``; fetchers name their trees "source".
+    """
+    if len(nar_digest) != SHA256_SIZE:
+        raise ValueError(f"a NAR hash has {SHA256_SIZE} bytes, not {len(nar_digest)}")
+    text = f"source:sha256:{nar_digest.hex()}:{store_dir}:{name}".encode()
+    folded = bytearray(20)
+    for i, byte in enumerate(hashlib.sha256(text).digest()):
+        folded[i % 20] ^= byte
+    return nix32(bytes(folded))
+
+
 def parse_nix_hash(text: str) -> bytes:
     """The 32-byte SHA-256 digest behind any spelling Nix uses for one.
 

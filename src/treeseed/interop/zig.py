@@ -475,8 +475,10 @@ class ZigFetch:
                       ) -> tuple[str, Callable[[], tuple[Path, str]]] | None:
         """With torrenting on: the first mirror that knows the zig hash names the package's
         bt2 hash, and the package is then had like any pinned dependency (its mirrors, its
-        ``.url`` and the swarm, raced); the Zig hash is still checked afterwards."""
-        from ..locate import obtain, resolve_alias
+        ``.url`` and the swarm, raced); the Zig hash is still checked afterwards. With no
+        mirror that knows it and the DHT on, the DHT's alias item names it
+        (:func:`treeseed.locate.obtain_by_alias`, which checks the Zig hash before keeping it)."""
+        from ..locate import obtain, obtain_by_alias, resolve_alias
 
         settings = self.settings
         if settings is None or not settings.torrent or self.offline:
@@ -490,7 +492,15 @@ class ZigFetch:
                     return result.path, result.hash
 
                 return f"the swarm and mirrors, as {package} (named by {mirror})", get
-        return None
+        if not settings.dht:
+            return None
+
+        def by_dht() -> tuple[Path, str]:
+            result = obtain_by_alias(cache, "zig", declared, settings, names=[dep.name],
+                                     urls=[_absolute_url(dep)])
+            return result.path, result.hash
+
+        return "the swarm, named by the DHT", by_dht
 
     def _fetch(self, url: str, cache: Cache) -> tuple[Path, str]:
         from ..fetch import fetch

@@ -41,6 +41,7 @@ from .client import SeederBusy, SeederClient, read_info, seed_dir, socket_path
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .aliases import AliasPublisher
     from .session import Swarm
 
 #: How often the seeder looks for new packages, records statistics and saves state.
@@ -78,6 +79,7 @@ class Seeder:
         self._fetch_locks: dict[str, threading.Lock] = {}  # one download per package at a time
         self._fetch_locks_lock = threading.Lock()
         self.start_time = time.time()
+        self.aliases: AliasPublisher | None = None  # keeps each package's aliases in the DHT
 
     # ------------------------------------------------------------------ lifetime
 
@@ -98,6 +100,10 @@ class Seeder:
             self.stats = Stats(self.dir)
             self.swarm = Swarm(self.settings, alert_queue=1 << 17)
             self.swarm.on_alert = self._on_alert
+            if self.settings.dht:
+                from .aliases import AliasPublisher
+
+                self.aliases = AliasPublisher.start_for(self.swarm, self.cache.root, self.log)
             self.scan()
             self._serve_status()
             self._write_info()  # before the socket: whoever it answers finds seeder.json
@@ -138,6 +144,9 @@ class Seeder:
             with contextlib.suppress(Exception):
                 self.record_stats()
                 self.save_state()
+            if self.aliases is not None:
+                self.aliases.stop()
+                self.aliases = None
             self.swarm.close()
             self.swarm = None
         if self.stats is not None:
@@ -200,6 +209,8 @@ class Seeder:
             self._skipped.add(package_hash)
             self.log(f"not seeding {package_hash}: {exc}")
             return False
+        if self.aliases is not None:
+            self.aliases.publish(package_hash)  # at once, then again before items expire
         return True
 
     def _reread_sharing(self, package_hash: str) -> None:
@@ -414,6 +425,11 @@ class Seeder:
             package_hash = str(request.get("hash"))
             self._reread_sharing(package_hash)
             return {"ok": self.cache.has(package_hash) and self.add(package_hash)}
+        if op == "alias":  # the DHT's hint for another format's hash (swarm/aliases.py)
+            if self.aliases is None:
+                return {"error": "the DHT is off"}
+            return {"hash": self.aliases.dht.get(str(request.get("format")),
+                                                 str(request.get("value")))}
         if op == "fetch":
             return self._answer_fetch(str(request.get("hash")), send, conn, request.get("stall"))
         return {"error": f"unknown request {op!r}"}
