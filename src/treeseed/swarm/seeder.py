@@ -30,8 +30,8 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..cache import Cache
 from ..errors import FetchError, TreeseedError
@@ -44,9 +44,16 @@ if TYPE_CHECKING:
     from .aliases import AliasPublisher
     from .session import Swarm
 
-#: How often the seeder looks for new packages, records statistics and saves state.
+#: The seeder's tick: it handles libtorrent's alerts, asks for the statuses that changed,
+#: records statistics and looks whether ``p/`` changed, each time.
 SCAN_INTERVAL = 1.0
+#: How often it lists ``p/`` even though its mtime says nothing arrived or left.
+RESCAN_INTERVAL = 60.0
+#: How often it asks libtorrent for the resume data that changed.
 SAVE_INTERVAL = 60.0
+#: save_resume_data's only_if_modified without if_config_changed: the seeder turns each
+#: package's DHT and LSD flags on when it starts announcing, and re-adding sets them anyway.
+_RESUME_IF_CHANGED = 0xF8 & ~0x20  # if_counters_changed | download_progress | state | metadata
 
 
 class Seeder:
@@ -80,6 +87,14 @@ class Seeder:
         self._fetch_locks_lock = threading.Lock()
         self.start_time = time.time()
         self.aliases: AliasPublisher | None = None  # keeps each package's aliases in the DHT
+        # What libtorrent last said of each torrent (state_update_alert: only the torrents
+        # whose status changed), keyed by package; the status page reads this.
+        self._status: dict[str, _TorrentStatus] = {}
+        self._changed: set[str] = set()  # statuses changed since record_stats last looked
+        self._updates = 0  # state_update_alerts handled
+        self._resume_answers = 0  # save_resume_data answers (saved or not modified)
+        self._p_mtime: int | None = None  # p/'s mtime at the last full scan
+        self._last_scan = 0.0
 
     # ------------------------------------------------------------------ lifetime
 
@@ -116,14 +131,18 @@ class Seeder:
                  f"port {self.swarm.listen_port()}; status page {self.status_url}")
 
     def loop(self) -> None:
+        """Each tick costs the same whatever the number of packages: no handle is polled.
+        libtorrent reports what changed (state updates, upload alerts) and ``p/`` is listed
+        only when its mtime changed."""
+        assert self.swarm is not None
         last_save = time.monotonic()
         while not self.stopping.wait(SCAN_INTERVAL):
             self._maybe_announce()
+            self.swarm.announce_some()
             self.scan()
             self.record_stats()
-            self._handle_alerts()
             if time.monotonic() - last_save > SAVE_INTERVAL:
-                self.save_state()
+                self.save_state(wait=False)
                 last_save = time.monotonic()
 
     def stop(self) -> None:
@@ -143,7 +162,7 @@ class Seeder:
         if self.swarm is not None:
             with contextlib.suppress(Exception):
                 self.record_stats()
-                self.save_state()
+                self.save_state(wait=True)
             if self.aliases is not None:
                 self.aliases.stop()
                 self.aliases = None
@@ -181,12 +200,25 @@ class Seeder:
 
     # ------------------------------------------------------------------ seeding
 
-    def scan(self) -> None:
-        """Seed packages that arrived, drop ones that left; private packages are skipped."""
+    def scan(self, force: bool = False) -> None:
+        """Seed packages that arrived, drop ones that left; private packages are skipped.
+
+        ``p/`` is listed only when its mtime changed (a package installed or removed renames a
+        directory in or out of it), or every :data:`RESCAN_INTERVAL` seconds anyway."""
         assert self.swarm is not None
+        try:
+            mtime: int | None = os.stat(self.cache.packages_dir).st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        now = time.monotonic()
+        if (not force and mtime == self._p_mtime and self._p_mtime is not None
+                and now - self._last_scan < RESCAN_INTERVAL):
+            return
+        self._p_mtime, self._last_scan = mtime, now  # read before listing: a change during it rescans
         on_disk = set(self.cache._package_dirs())
         for gone in set(self.swarm.seeding) - on_disk:
             self.swarm.unseed(gone)
+            self._status.pop(gone, None)
         for package_hash in sorted(on_disk - set(self.swarm.seeding) - self._skipped):
             self.add(package_hash)
 
@@ -239,19 +271,22 @@ class Seeder:
             self.swarm.start_announcing()
             self.log("announcing to the swarm")
 
-    def save_state(self) -> None:
-        """Ask libtorrent for each package's resume data and write it under ``resume/``."""
+    def save_state(self, wait: bool = True) -> None:
+        """Ask libtorrent for the resume data of each package whose state changed since it was
+        last saved (uploads, mostly) and write it under ``resume/`` as it arrives; libtorrent
+        answers "not modified" for the others, and nothing is written for them. ``wait``: until
+        every package has answered (at shutdown), at most 10 s."""
         assert self.swarm is not None
         with self.swarm.lock:
-            handles = dict(self.swarm.seeding)
-        for handle in handles.values():
-            handle.save_resume_data()
+            handles = list(self.swarm.seeding.values())
+        before = self._resume_answers
+        for handle in handles:
+            with contextlib.suppress(RuntimeError):  # removed meanwhile
+                handle.save_resume_data(_RESUME_IF_CHANGED)
         deadline = time.monotonic() + 10
-        waiting = set(handles)
-        while waiting and time.monotonic() < deadline:
-            waiting -= self._handle_alerts()
-            if waiting:
-                time.sleep(0.05)
+        while wait and self._resume_answers - before < len(handles) and time.monotonic() < deadline:
+            self.swarm.session.wait_for_alert(50)
+            self._handle_alerts()
 
     def _handle_alerts(self) -> set[str]:
         """Handle the session's pending alerts; return the packages whose resume data was
@@ -269,30 +304,71 @@ class Seeder:
         if isinstance(alert, lt.block_uploaded_alert):
             key = "bt2-" + str(alert.handle.info_hashes().v2)
             self._served.setdefault(key, set()).add(_peer_key_of(alert.pid, alert.endpoint))
+        elif isinstance(alert, lt.state_update_alert):
+            seeding = self.swarm.seeding if self.swarm is not None else {}
+            for st in alert.status:
+                key = "bt2-" + str(st.info_hashes.v2)
+                handle = seeding.get(key)
+                if handle is not None and handle == st.handle:  # not a download's torrent
+                    self._status[key] = _TorrentStatus.of(st)
+                    self._changed.add(key)
+            self._updates += 1
         elif isinstance(alert, lt.save_resume_data_alert):
+            self._resume_answers += 1
             package_hash = "bt2-" + str(alert.handle.info_hashes().v2)
+            data = lt.write_resume_data_buf(alert.params)
             resume_dir = self.dir / "resume"
+            path = resume_dir / package_hash
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == data:
+                    return
             resume_dir.mkdir(parents=True, exist_ok=True)
             tmp = resume_dir / f".{package_hash}.tmp"
-            tmp.write_bytes(lt.write_resume_data_buf(alert.params))
-            os.replace(tmp, resume_dir / package_hash)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
             self._saved.add(package_hash)
+        elif isinstance(alert, lt.save_resume_data_failed_alert):
+            self._resume_answers += 1
+
+    def refresh(self, timeout: float = 0.0) -> None:
+        """Ask libtorrent for the statuses that changed since last asked (post_torrent_updates:
+        one state_update_alert listing only those torrents) and handle pending alerts; with a
+        ``timeout``, wait that long at most for the answer."""
+        assert self.swarm is not None
+        before = self._updates
+        self.swarm.session.post_torrent_updates(0)  # 0: the basic fields, no piece lists
+        deadline = time.monotonic() + timeout
+        while True:
+            self._handle_alerts()
+            if self._updates > before or time.monotonic() >= deadline:
+                return
+            self.swarm.session.wait_for_alert(20)
 
     def record_stats(self) -> None:
-        """Fold libtorrent's all-time upload totals and the peers served into the store."""
+        """Fold libtorrent's all-time upload totals and the peers served into the store, for
+        the packages libtorrent reported a change for (its state updates) or that served
+        blocks (its upload alerts): an idle package costs nothing here."""
         assert self.swarm is not None and self.stats is not None
+        self.refresh()
+        for package_hash, uploaded in self.swarm.take_all_download_uploads().items():
+            self.stats.record_while_downloading(package_hash, uploaded)
         with self.swarm.lock:
-            handles = dict(self.swarm.seeding)
-        self._handle_alerts()
-        for package_hash, handle in handles.items():
-            while_downloading = self.swarm.take_download_uploads(package_hash)
-            if while_downloading:
-                self.stats.record_while_downloading(package_hash, while_downloading)
-            uploaded = handle.status().all_time_upload
+            seeding = self.swarm.seeding
+            changed, self._changed = self._changed, set()
+            touched = {h: seeding[h] for h in changed | set(self._served) if h in seeding}
+        for package_hash in set(self._served) - set(touched):
+            self._served.pop(package_hash, None)  # a download's, not a seeded package's
+        for package_hash, handle in touched.items():
+            known = self._status.get(package_hash)
+            uploaded = known.all_time_upload if known else self._uploaded.get(package_hash, 0)
             peers = self._served.pop(package_hash, set())
-            for peer in handle.get_peer_info():
-                if peer.total_upload > 0:
-                    peers.add(_peer_key_of(peer.pid, peer.ip))
+            if uploaded != self._uploaded.get(package_hash):
+                # Upload alerts can be dropped when the queue overflows: the peers' own
+                # totals back them up, read only for a package that uploaded meanwhile.
+                with contextlib.suppress(RuntimeError):
+                    for peer in handle.get_peer_info():
+                        if peer.total_upload > 0:
+                            peers.add(_peer_key_of(peer.pid, peer.ip))
             new_peers = peers - self._peers_seen.setdefault(package_hash, set())
             if uploaded != self._uploaded.get(package_hash) or new_peers:
                 self.stats.record(package_hash, uploaded, new_peers)
@@ -343,27 +419,35 @@ class Seeder:
         """Everything the status page and `treeseed seed status` show."""
         assert self.swarm is not None and self.stats is not None
         session = self.swarm.session.status()
+        self.refresh(timeout=0.5)  # the statuses that changed since the last tick
         with self.swarm.lock:
             handles = dict(self.swarm.seeding)
         stats = {s.hash: s for s in self.stats.all()}
         # status() runs on the socket's and the status page's threads: an sqlite connection
-        # cannot cross threads, so each call reads the index through its own.
+        # cannot cross threads, so each call reads the index through its own, in one query.
         index = Cache(self.cache.root)
         try:
-            infos = {h: index.info(h) for h in handles}
+            infos = _infos(index, handles)
         finally:
             index.close()
         packages = []
         size_total = 0
         for package_hash, handle in sorted(handles.items()):
-            st = handle.status()
-            info = infos[package_hash]
-            size = info.size if info else st.total_wanted
+            st = self._status.get(package_hash)
+            if st is None or st.num_peers or st.upload_rate:
+                # Not reported yet (just added), or busy: libtorrent posts no update for the
+                # tick its rates fall to 0, so ask the few busy handles themselves.
+                with contextlib.suppress(RuntimeError):
+                    st = _TorrentStatus.of(handle.status())
+            if st is None:
+                continue  # removed meanwhile
+            info = infos.get(package_hash)
+            size = info[1] if info else st.total_wanted
             size_total += size
             s = stats.get(package_hash)
             packages.append({
-                "hash": package_hash, "name": info.name if info else None, "size": size,
-                "state": st.state.name, "pieces": st.num_pieces,  # seeding, all: no re-check
+                "hash": package_hash, "name": info[0] if info else None, "size": size,
+                "state": st.state, "pieces": st.num_pieces,  # seeding, all: no re-check
                 "peers": st.num_peers, "upload_rate": st.upload_rate,
                 "uploaded": s.uploaded if s else 0, "peers_served": s.peers if s else 0,
                 "last_served": s.last_served if s else None,
@@ -459,6 +543,32 @@ class Seeder:
         from .status import serve_status
 
         self._status_server, self.status_url = serve_status(self, self.status_bind)
+
+
+class _TorrentStatus(NamedTuple):
+    """The few fields of a libtorrent torrent_status the seeder keeps (never the object: it
+    may come from an alert, which the next pop frees)."""
+
+    state: str
+    num_pieces: int
+    num_peers: int
+    upload_rate: int
+    total_wanted: int
+    all_time_upload: int
+
+    @classmethod
+    def of(cls, st: Any) -> _TorrentStatus:
+        return cls(st.state.name, st.num_pieces, st.num_peers, st.upload_rate, st.total_wanted,
+                   st.all_time_upload)
+
+
+def _infos(index: Cache, hashes: Iterable[str]) -> dict[str, tuple[str | None, int]]:
+    """(name, size) of each of ``hashes`` the index knows, read in one query."""
+    wanted = set(hashes)
+    if not (index.root / "index.sqlite").exists():
+        return {}
+    rows = index.db.execute("SELECT hash, name, size FROM packages")
+    return {h: (name, size) for h, name, size in rows if h in wanted}
 
 
 def _peer_key_of(pid: Any, endpoint: Any) -> str:

@@ -22,6 +22,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,11 @@ PEER_ID_PREFIX = "-TS0100-"
 #: After this long without a byte of progress, a swarm download gives up (the origin is tried).
 DEFAULT_STALL = 20.0
 _POLL = 0.1
+#: libtorrent's ``dht_announce_interval`` (left at its default): each seeded package is
+#: announced to the DHT once per interval, libtorrent spacing them interval / N apart.
+DHT_ANNOUNCE_INTERVAL = 900
+#: First announces per :meth:`Swarm.announce_some` call (per second in the seeder), at least.
+ANNOUNCE_PACE = 4
 
 
 def _lt():  # imported on first use: most treeseed commands never touch the swarm
@@ -77,6 +83,7 @@ def session_settings(settings: Settings) -> dict:
         "peer_fingerprint": PEER_ID_PREFIX,
         "alert_mask": alerts.status_notification | alerts.error_notification
         | alerts.storage_notification | alerts.peer_notification,
+        "dht_announce_interval": DHT_ANNOUNCE_INTERVAL,
         "hashing_threads": max(2, os.cpu_count() or 2),
         "send_buffer_watermark": 4 << 20,
         "max_queued_disk_bytes": 16 << 20,
@@ -152,6 +159,7 @@ class Swarm:
         self.seeding: dict[str, lt.torrent_handle] = {}
         self._download_uploads: dict[str, int] = {}
         self._announced = False
+        self._to_announce: deque[str] = deque()  # first announces still to make (announce_some)
         # Alerts are popped in two places: the seeder's loop and a download waiting for its
         # files to reach the disk (_flush). An alert is freed by the next pop_alerts, so every
         # pop happens under one lock and each alert is handled there and then (handle_alerts,
@@ -191,7 +199,13 @@ class Swarm:
             atp.ti = ti
             atp.save_path = str(cache.packages_dir)
             atp.renamed_files = _renamed_into(ti, package_hash)
-            atp.flags = (lt.torrent_flags.upload_mode | lt.torrent_flags.no_verify_files)
+            # Not auto_managed: libtorrent's active_seeds / active_limit / active_dht_limit /
+            # active_tracker_limit (5 / 500 / 88 / 1600 by default) only ration auto-managed
+            # torrents, which past them it pauses or stops announcing, silently. Every package
+            # seeded here is announced, however many there are. update_subscribe: its status
+            # changes come in the seeder's state_update_alerts (post_torrent_updates).
+            atp.flags = (lt.torrent_flags.upload_mode | lt.torrent_flags.no_verify_files
+                         | lt.torrent_flags.update_subscribe)
             if not self._announced:
                 atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
             atp.trackers = list(self.settings.trackers) if self._announced else []
@@ -220,17 +234,43 @@ class Swarm:
                 self.session.remove_torrent(handle)
 
     def start_announcing(self) -> None:
-        """Join the DHT, LSD and trackers for every seeded package (after the seed delay)."""
+        """Join the DHT, LSD and trackers for every seeded package (after the seed delay).
+
+        Every package's DHT flag is turned on at once: libtorrent then announces one torrent
+        every ``dht_announce_interval`` / N seconds, round robin, so N packages are announced
+        evenly over the interval (15 min), never in a burst. The first announce of each package
+        (and its trackers, whose first announce libtorrent makes as soon as one is added) is
+        made sooner, but paced too: :meth:`announce_some` takes them from a queue, a few per
+        call (the seeder calls it every second). A session seeding a few packages announces
+        them all here at once."""
         lt = _lt()
         with self.lock:
             self._announced = True
             for handle in self.seeding.values():
                 handle.unset_flags(lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd)
-                for url in self.settings.trackers:
-                    handle.add_tracker({"url": url})
-                handle.force_reannounce()
-                if self.settings.dht:
-                    handle.force_dht_announce()
+            self._to_announce = deque(self.seeding)
+        self.announce_some()
+
+    def announce_some(self) -> int:
+        """Make the first announce of the next few packages in the queue :meth:`start_announcing`
+        filled: ``max(ANNOUNCE_PACE, N / dht_announce_interval)`` of them, N the packages
+        seeded. Returns how many are still queued."""
+        with self.lock:
+            queue = self._to_announce
+            budget = max(ANNOUNCE_PACE, -(-len(self.seeding) // DHT_ANNOUNCE_INTERVAL))
+            while queue and budget > 0:
+                handle = self.seeding.get(queue.popleft())
+                if handle is None:
+                    continue  # unseeded meanwhile
+                budget -= 1
+                with contextlib.suppress(RuntimeError):  # removed meanwhile
+                    for url in self.settings.trackers:
+                        handle.add_tracker({"url": url})
+                    if self.settings.trackers:
+                        handle.force_reannounce()
+                    if self.settings.dht:
+                        handle.force_dht_announce()
+            return len(queue)
 
     @property
     def announcing(self) -> bool:
@@ -290,6 +330,12 @@ class Swarm:
         """Bytes of ``package_hash`` uploaded by its downloads since last asked."""
         with self.lock:
             return self._download_uploads.pop(package_hash, 0)
+
+    def take_all_download_uploads(self) -> dict[str, int]:
+        """Bytes uploaded by downloads since last asked, per package (usually none)."""
+        with self.lock:
+            taken, self._download_uploads = self._download_uploads, {}
+            return taken
 
     def _flush(self, handle: lt.torrent_handle, timeout: float = 30.0) -> bool:
         """Wait until every block of ``handle`` is written and its files are closed.

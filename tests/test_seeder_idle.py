@@ -1,0 +1,54 @@
+"""An idle seeder does no per-package work: resume data is written only when libtorrent says
+it changed, and every seeded package is outside libtorrent's auto-manager (whose active_*
+limits silently stop announcing past a few hundred torrents). Loopback only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from swarmkit import small_tree
+
+from treeseed.cache import Cache
+
+
+def test_idle_seeder_rewrites_no_resume_data(tmp_path: Path, nodes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from treeseed.config import settings
+    from treeseed.swarm.seeder import Seeder
+
+    a = nodes("a")
+    hashes = [a.install(small_tree(tmp_path / f"src-{i}", f"idle-{i}")) for i in range(3)]
+    monkeypatch.setenv("TREESEED_CONFIG", str(a.config))
+    cache = Cache(a.cache)
+    seeder = Seeder(cache, settings())
+    seeder.start()
+    try:
+        assert seeder.swarm is not None
+        handles = dict(seeder.swarm.seeding)
+        assert set(handles) == set(hashes)
+        assert not any(h.status().auto_managed for h in handles.values())
+
+        resume = a.cache / "seed" / "resume"
+        seeder.save_state(wait=True)  # whatever changed since the add is written now
+        before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in resume.glob("bt2-*")}
+
+        # Idle ticks, then two more saves. save_state(wait=True) returns once libtorrent has
+        # answered for every package (saved, or "not modified"): the answers decide, not time.
+        for _ in range(3):
+            seeder.scan()
+            seeder.record_stats()
+        for _ in range(2):
+            answered = seeder._resume_answers
+            seeder.save_state(wait=True)
+            assert seeder._resume_answers - answered == len(hashes)
+        after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in resume.glob("bt2-*")}
+        assert after == before
+
+        status = seeder.status()
+        assert sorted(p["hash"] for p in status["packages"]) == sorted(hashes)
+        assert {p["state"] for p in status["packages"]} == {"seeding"}
+    finally:
+        seeder.stop()
+        seeder.shutdown()
+        cache.close()
