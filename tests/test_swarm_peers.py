@@ -72,7 +72,7 @@ class CorruptPeer:
         shutil.copytree(cache / "p" / package_hash, save / package_hash, symlinks=True)
         source = Cache(cache)
         ti = lt.torrent_info(torrents.torrent_file(source, package_hash))
-        fs = ti.files()
+        fs = ti.layout()
         self.bad: set[tuple[int, int]] = set()  # (piece, block) pairs that are corrupt
         renamed = _renamed_into(ti, package_hash)
         for i in range(fs.num_files()):
