@@ -13,6 +13,7 @@ bound a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -128,6 +129,23 @@ def start_fetch(project: Path, cache: Path, trickle: TrickleServer,
     return proc
 
 
+@contextlib.contextmanager
+def killed_at_the_end(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever happens in the block, no treeseed process outlives the test."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def signal_and_wait(proc: subprocess.Popen[str], sig: int) -> tuple[str, str]:
+    """Send ``sig`` and wait (an outer bound only) for the process to end; its output."""
+    proc.send_signal(sig)
+    return proc.communicate(timeout=BOUND)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
@@ -136,17 +154,12 @@ def test_signal_stops_every_fetch_and_leaves_nothing(tmp_path: Path, cache_dir: 
                                                       status: int) -> None:
     project = make_project(tmp_path / "project", trickle)
     proc = start_fetch(project, cache_dir, trickle)
-    try:
+    with killed_at_the_end(proc):
         work_dirs = list((cache_dir / "tmp").glob("w-*"))
         fetchers = children_of(proc.pid)
         assert len(work_dirs) == len(DEPENDENCIES), work_dirs  # so their removal proves something
         assert len(fetchers) == len(DEPENDENCIES), fetchers
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=BOUND)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        out, err = signal_and_wait(proc, sig)
     assert proc.returncode == status, err
     name = signal.Signals(sig).name
     assert err.splitlines() == [f"treeseed: interrupted by {name}; the fetches in progress were "
@@ -162,13 +175,8 @@ def test_interrupt_with_json_prints_an_error_object(tmp_path: Path, cache_dir: P
                                                      trickle: TrickleServer) -> None:
     """A tool running ``treeseed fetch --json`` learns of the interrupt on stdout too."""
     proc = start_fetch(make_project(tmp_path / "project", trickle), cache_dir, trickle, "--json")
-    try:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=BOUND)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with killed_at_the_end(proc):
+        out, err = signal_and_wait(proc, signal.SIGINT)
     assert proc.returncode == 130, err
     got = json.loads(out)
     assert got["what"] == "SIGINT" and got["error"].startswith("interrupted by SIGINT")
@@ -189,16 +197,11 @@ def test_signal_stops_the_swarm_side_too(tmp_path: Path, cache_dir: Path,
     proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir),
                              "fetch", "--torrent"], cwd=project, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    try:
+    with killed_at_the_end(proc):
         for _ in DEPENDENCIES:  # the origins started, so every race is under way
             if not trickle.requests.acquire(timeout=BOUND):
                 pytest.fail("the downloads never all started")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=BOUND)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = signal_and_wait(proc, signal.SIGINT)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert list((cache_dir / "tmp").glob("w-*")) == []
