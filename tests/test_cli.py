@@ -302,3 +302,15 @@ def test_json_error_for_a_command_without_a_package(tmp_path: Path, cache_dir: P
     empty.mkdir()
     got = json_error(run_cli("-C", str(empty), "update", "--json", cache=cache_dir, check=False))
     assert "treeseed.toml" in got["error"] and got["what"] == "TreeseedError"
+
+
+def test_a_scheme_nobody_fetches_is_one_line_naming_what_to_configure(cache_dir: Path) -> None:
+    """An unknown scheme with no configured fetcher: one line that names the scheme, what
+    treeseed fetches and the [fetchers] entry that would take it; nothing is cached."""
+    proc = run_cli("fetch", "s3://bucket/pkg.tar.gz", cache=cache_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "no fetcher for scheme 's3'" in lines[0] and "git+file://" in lines[0]
+    assert '[fetchers] "s3" = "command ..."' in lines[0]
+    assert not (cache_dir / "p").exists() or not any((cache_dir / "p").iterdir())

@@ -118,7 +118,7 @@ class Fetcher:
 def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = None,
                 configured: dict[str, str] | None = None) -> Fetcher:
     """The fetcher for ``url``: a configured command for its scheme, else the built-in one."""
-    from .schemes import SCHEMES, scheme_name
+    from .schemes import SCHEMES, SUPPORTED, is_http, scheme_name
 
     scheme = scheme_name(url)
     command = (configured if configured is not None else _user_config_fetchers()).get(scheme)
@@ -126,11 +126,10 @@ def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = No
         return Fetcher(shlex.split(command) + [url], trusted=False)
     # An unknown git+ transport goes to the built-in fetcher, whose git source says which it takes.
     if scheme not in SCHEMES and not scheme.startswith("git+"):
-        raise FetchError(f"{url}: no fetcher for scheme {scheme!r}; treeseed fetches http(s)://, "
-                         "file://, git+https/http/file:// and local paths, and runs a command you "
-                         f"configure for others: [fetchers] \"{scheme}\" = \"command ...\" in "
-                         "the treeseed config file")
-    argv = [*builtin_command(site=scheme in SCHEMES and SCHEMES[scheme].module == "http"), url]
+        raise FetchError(f"{url}: no fetcher for scheme {scheme!r}; treeseed fetches {SUPPORTED}, "
+                         "and runs a command you configure for others: [fetchers] "
+                         f"\"{scheme}\" = \"command ...\" in the treeseed config file")
+    argv = [*builtin_command(site=is_http(url)), url]
     for fmt in formats:
         argv += ["--format", fmt]
     if max_size is not None:

@@ -78,10 +78,11 @@ def cmd_zig_fetch(args: argparse.Namespace) -> int:
 def cmd_nix_prefetch(args: argparse.Namespace) -> int:
     from ..config import fetchers as configured_fetchers
     from ..interop.nix import prefetch
+    from ..schemes import absolute
 
     if is_offline(args):
         refuse_network(args.url)
-    url = args.url if "://" in args.url else str(Path(args.url).absolute())
+    url = absolute(args.url)  # a local path: the fetcher runs in its work directory
     result = prefetch(url, open_cache(args), args.unpack, limits_for(args), configured_fetchers())
     print(result.nix32)
     print(result.sri)
