@@ -11,7 +11,8 @@ shares. Each command family is a small module that registers its subparsers and 
 * :mod:`.build`: ``build``
 * :mod:`.deps`: ``update``, ``path``
 * :mod:`.serve`: ``serve``
-* :mod:`.interop`: ``zig fetch``, ``nix prefetch``
+* :mod:`.zig`: ``zig fetch``
+* :mod:`.nix`: ``nix prefetch``
 * :mod:`.config`: ``config list | get | set | unset``
 * :mod:`.seed`: ``seed`` (``--share``, ``status``, ``stop``), ``stats``
 * :mod:`.cache`: ``cache list | verify | rm | gc``
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import TreeseedError
-from . import build, cache, config, deps, fetch, hash, interop, seed, serve
+from . import build, cache, config, deps, fetch, hash, nix, seed, serve, zig
 from .cache import parse_duration
 from .common import ALL_FORMATS, positive_int
 
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.register(sub, common, torrent)
     deps.register(sub, common, torrent)  # update, path
     serve.register(sub, common)
-    interop.register(sub, common, torrent)  # zig, nix
+    zig.register(sub, common, torrent)
+    nix.register(sub, common)
     config.register(sub, common)
     seed.register(sub, common, torrent)  # seed, stats
     cache.register(sub, common)

@@ -1,5 +1,4 @@
-"""``treeseed zig fetch`` and ``treeseed nix prefetch``: treeseed as the fetcher for Zig and Nix
-(:mod:`treeseed.interop`)."""
+"""``treeseed zig fetch``: treeseed as the fetcher for Zig (:mod:`treeseed.interop.zig`)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (
-    is_offline,
-    is_quiet,
-    limits_for,
-    open_cache,
-    plural,
-    positive_int,
-    refuse_network,
-    settings_for,
-)
+from .common import is_offline, is_quiet, open_cache, plural, positive_int, settings_for
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
@@ -40,17 +30,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
     p.set_defaults(run=cmd_zig_fetch, fetches=True)
     zig.set_defaults(run=lambda a: zig.print_help() or 2)
 
-    nix = sub.add_parser("nix", parents=[common], help="Nix hashes of a URL, fetched through treeseed")
-    nsub = nix.add_subparsers(metavar="ACTION")
-    p = nsub.add_parser("prefetch", parents=[common],
-                        help="print what nix-prefetch-url prints (nix32), then the SRI form")
-    p.add_argument("url", help="http(s)://, file:// URL or a local path")
-    p.add_argument("--unpack", action="store_true",
-                   help="the NAR hash of the unpacked archive (fetchzip), not of the file (fetchurl)")
-    p.add_argument("--max-size", help="refuse archives that unpack past this size (e.g. 16G)")
-    p.set_defaults(run=cmd_nix_prefetch, fetches=True)
-    nix.set_defaults(run=lambda a: nix.print_help() or 2)
-
 
 def cmd_zig_fetch(args: argparse.Namespace) -> int:
     from ..config import fetchers as configured_fetchers
@@ -72,20 +51,4 @@ def cmd_zig_fetch(args: argparse.Namespace) -> int:
         where = layout.pkg_dir or layout.global_cache / "p"
         print(f"{plural(len(placed), 'package')} for Zig {version} in {where}: {new} placed, "
               f"{len(placed) - new} already there", file=sys.stderr)
-    return 0
-
-
-def cmd_nix_prefetch(args: argparse.Namespace) -> int:
-    from ..config import fetchers as configured_fetchers
-    from ..interop.nix import prefetch
-    from ..schemes import absolute
-
-    if is_offline(args):
-        refuse_network(args.url)
-    url = absolute(args.url)  # a local path: the fetcher runs in its work directory
-    result = prefetch(url, open_cache(args), args.unpack, limits_for(args), configured_fetchers())
-    print(result.nix32)
-    print(result.sri)
-    if result.note and not is_quiet(args):
-        print(f"treeseed: note: {result.note}", file=sys.stderr)
     return 0
