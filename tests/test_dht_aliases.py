@@ -111,8 +111,9 @@ def test_fetch_by_nar_and_zig_hash_through_the_dht(tmp_path: Path, nodes, dht_ro
         assert other_hashes(node.package(package), package)[fmt] == hashes[fmt]
 
 
-def test_a_wrong_dht_hint_is_caught_and_nothing_is_installed(tmp_path: Path, nodes,
-                                                             dht_router) -> None:
+def plant_a_wrong_hint(tmp_path: Path, nodes, dht_router) -> tuple[str, str]:
+    """A seeds a package; then anyone (here, a session of our own) writes a DHT item that
+    names A's package for another tree's NAR hash. Returns (A's package, that NAR hash)."""
     from treeseed.config import Settings
     from treeseed.swarm.session import Swarm
 
@@ -120,8 +121,6 @@ def test_a_wrong_dht_hint_is_caught_and_nothing_is_installed(tmp_path: Path, nod
     seeded = a.install(small_tree(tmp_path / "src", "seeded"))
     a.start_seeder()
     wait_published(a, "nar", other_hashes(a.package(seeded), seeded)["nar"])
-
-    # Anyone can write with the published key: point another tree's NAR hash at A's package.
     absent = small_tree(tmp_path / "absent", "absent")
     wanted = hash_tree(absent, scan_tree(absent, "absent"), ["nar"])["nar"]
     swarm = Swarm(Settings({**Settings.defaults().values, "listen": f"127.0.0.1:{free_port()}",
@@ -133,13 +132,58 @@ def test_a_wrong_dht_hint_is_caught_and_nothing_is_installed(tmp_path: Path, nod
     finally:
         dht.close()
         swarm.close()
+    return seeded, wanted
 
+
+def test_a_wrong_dht_hint_never_reaches_the_cache(tmp_path: Path, nodes, dht_router) -> None:
+    """No seeder in B: the download runs in this process, and every rename into B's ``p/``
+    is seen (the ``os.rename`` audit event). The hint is checked before the install, so the
+    wrong package never appears in B's cache, not even for a moment."""
+    import sys
+
+    from treeseed.cache import Cache
+    from treeseed.config import Settings
+    from treeseed.errors import TreeseedError
+    from treeseed.locate import obtain_by_alias
+
+    seeded, wanted = plant_a_wrong_hint(tmp_path, nodes, dht_router)
     b = nodes("b", **dht_settings(dht_router.node))
+    packages = str(b.cache / "p")
+    renamed: list[str] = []
+    watching = [True]
+
+    def audit(event: str, args: tuple) -> None:
+        if watching[0] and event == "os.rename" and str(args[1]).startswith(packages):
+            renamed.append(str(args[1]))
+
+    sys.addaudithook(audit)  # cannot be removed: ``watching`` turns it off after the test
+    cache = Cache(b.cache)
+    try:
+        settings = Settings({**Settings.defaults().values, **b.settings}, frozenset())
+        with pytest.raises(TreeseedError) as refused:
+            obtain_by_alias(cache, "nar", wanted, settings)
+    finally:
+        watching[0] = False
+        cache.close()
+    assert "the DHT hint was wrong" in str(refused.value) and seeded in str(refused.value)
+    assert "nothing was installed" in str(refused.value)
+    assert renamed == [] and cached(b) == set()
+
+
+def test_a_wrong_dht_hint_is_caught_by_the_seeder_before_it_installs(tmp_path: Path, nodes,
+                                                                     dht_router) -> None:
+    """B's seeder downloads for B's fetch: the check goes with the request, so the seeder
+    refuses the tree before its install, and never starts seeding it."""
+    seeded, wanted = plant_a_wrong_hint(tmp_path, nodes, dht_router)
+    b = nodes("b", **dht_settings(dht_router.node))
+    b.start_seeder()
     refused = b.fetch(wanted, check=False, timeout=180)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "the DHT hint was wrong" in refused.stderr and seeded in refused.stderr
     assert "nothing was installed" in refused.stderr
     assert cached(b) == set()
+    status = b.status()
+    assert status is not None and seeded not in {p["hash"] for p in status["packages"]}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ziglang") is None,

@@ -63,5 +63,18 @@ class FetchError(TreeseedError):
     """A source could not deliver its bytes (network, HTTP status, missing file, ...)."""
 
 
+class AliasMismatch(FetchError):
+    """A hint (a mirror's ``/alias`` or a DHT item) named a package that does not have the
+    other format's hash the user asked for; it was caught before the install."""
+
+    def __init__(self, package_hash: str, fmt: str, wanted: str, actual: str | None) -> None:
+        self.package_hash = package_hash
+        self.fmt = fmt
+        self.wanted = wanted
+        self.actual = actual
+        super().__init__(f"{package_hash} has {fmt} hash {actual}, not {wanted}; "
+                         "nothing was installed")
+
+
 class CacheError(TreeseedError):
     """The cache directory or its index is unusable, or a cache operation failed."""

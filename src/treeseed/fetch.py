@@ -32,7 +32,7 @@ from .errors import FetchError, ManifestError, TreeseedError
 from .fetcher import PACKAGE_DIR, RESULT_FILE
 from .fetchers import DEFAULT_TIMEOUT, Fetcher, FetcherRun, fetcher_for
 from .ids import is_bt2
-from .install import Delivery, FetchResult, cached_result, install, record_aliases
+from .install import AlsoHash, Delivery, FetchResult, cached_result, install, record_aliases
 from .schemes import absolute
 
 __all__ = ["FetchResult", "env_seconds", "fetch", "hash_path", "package_name"]
@@ -61,6 +61,7 @@ def fetch(
     cancel: threading.Event | None = None,
     keep_archive: bool = False,
     marks: Sequence[str] = (),
+    also: AlsoHash | None = None,
 ) -> FetchResult:
     """Fetch ``url`` into ``cache``; with ``expected``, install only if the hash matches.
 
@@ -71,7 +72,8 @@ def fetch(
     another thread stops the fetch (:func:`treeseed.swarm.fetch.race`). ``keep_archive``
     also keeps an archive source's bytes as ``a/<sha256>`` (Nix hashes and serves flat files).
     ``marks`` are index marks for the package (:data:`treeseed.sharing.PRIVATE`), given even
-    when it is already cached.
+    when it is already cached. ``also`` is another format's hash a new tree must have too
+    (:class:`treeseed.install.AlsoHash`); a cached package is the caller's to check.
 
     This fetches from ``url`` alone. A package whose hash is known is had through
     :func:`treeseed.locate.obtain` (cache, mirrors, origin URLs, swarm), which calls this.
@@ -88,7 +90,8 @@ def fetch(
         with cache.workdir() as work:
             result = _fetch_into(url, cache, work, expected, formats, limits,
                                  progress, stop_early=not check_source, fetchers=fetchers,
-                                 cancel=cancel, keep_archive=keep_archive, marks=marks)
+                                 cancel=cancel, keep_archive=keep_archive, marks=marks,
+                                 also=also)
     return _marked(cache, result, marks) if result.cached else result
 
 
@@ -104,7 +107,7 @@ def _fetch_into(
     limits: Limits | None, progress: ProgressFn | None, stop_early: bool,
     fetchers: dict[str, str] | None,
     cancel: threading.Event | None = None, keep_archive: bool = False,
-    marks: Sequence[str] = (),
+    marks: Sequence[str] = (), also: AlsoHash | None = None,
 ) -> FetchResult:
     """Run the URL's fetcher program in ``work``; stop it the moment it announces a hash of a
     package the cache already has; otherwise verify and install what it delivers."""
@@ -131,7 +134,7 @@ def _fetch_into(
     finally:
         run.stop()
         run.close()
-    result = _install_delivery(url, cache, work, expected, fetcher, run.announced, marks)
+    result = _install_delivery(url, cache, work, expected, fetcher, run.announced, marks, also)
     if keep_archive and result.formats.get("archive-sha256"):
         _keep_archive(cache, work, url, result.formats["archive-sha256"])
     return result
@@ -160,7 +163,7 @@ def _open_index(cache: Cache) -> None:
 
 def _install_delivery(
     url: str, cache: Cache, work: Path, expected: str | None, fetcher: Fetcher,
-    announced: dict[str, str], marks: Sequence[str] = (),
+    announced: dict[str, str], marks: Sequence[str] = (), also: AlsoHash | None = None,
 ) -> FetchResult:
     """Install what the fetcher left in ``work`` through the one install (:mod:`treeseed.install`)."""
     tree = work / PACKAGE_DIR
@@ -168,7 +171,7 @@ def _install_delivery(
         raise FetchError(f"{url}: the fetcher finished but left no {PACKAGE_DIR}/ directory "
                          "(docs/fetcher-protocol.md)")
     delivery = _own_delivery(work, tree) if fetcher.trusted else _foreign_delivery(url, work, tree, announced)
-    return install(cache, delivery, expected, marks, shown_as=url)
+    return install(cache, delivery, expected, marks, shown_as=url, also=also)
 
 
 def _own_delivery(work: Path, tree: Path) -> Delivery:

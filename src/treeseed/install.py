@@ -4,7 +4,9 @@ Every way a package arrives (a fetcher program, the swarm) ends here with a :cla
 a tree in a work directory whose bt2 hash treeseed computed itself, from the bytes as they
 were written. :func:`install` then
 
-1. refuses it unless it has the hash the caller expected (nothing is installed on a mismatch);
+1. refuses it unless it has the hash the caller expected (nothing is installed on a mismatch),
+   and, when the caller came by a hint (:class:`AlsoHash`), unless it also has the other
+   format's hash the hint was for;
 2. renames it into ``p/<hash>`` read-only (:meth:`treeseed.cache.Cache.install`), in one step;
 3. keeps its swarm files (``t/``), so it can be seeded without being hashed again;
 4. records its size, where its bytes came from (a URL, a mirror, the swarm) and the marks
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import HashMismatch
+from .errors import AliasMismatch, HashMismatch, TreeseedError
 from .sharing import origin_mark
 
 if TYPE_CHECKING:
@@ -73,13 +75,75 @@ class Delivery:
     revision: str | None = None
 
 
+@dataclass(frozen=True)
+class AlsoHash:
+    """Another format's hash the tree must have as well as its bt2 hash.
+
+    A package known to the user only by, say, its NAR hash is found through a hint (a mirror's
+    ``/alias`` or a DHT item anyone can write) naming a bt2 hash. The bt2 hash proves the bytes
+    are that package's, not that the package is the one the user asked for: this does, and it
+    does it before the install, so a wrong hint never puts a package into the cache, not even
+    for a moment (a seeder would otherwise start publishing it).
+    """
+
+    fmt: str  # zig, nar, git or nix-store (:func:`treeseed.swarm.aliases.parse_hash`)
+    value: str
+
+    def check(self, tree: Path, package_hash: str) -> None:
+        """Raise :class:`treeseed.errors.AliasMismatch` unless ``tree`` has this hash."""
+        actual = hash_as(tree, self.fmt, self.value, package_hash)
+        if actual != self.value:
+            raise AliasMismatch(package_hash, self.fmt, self.value, actual)
+
+    def as_json(self) -> dict[str, str]:
+        return {"format": self.fmt, "value": self.value}
+
+    @classmethod
+    def from_json(cls, data: object) -> AlsoHash | None:
+        """From a request another process sent (the seeder's socket): untrusted, so anything
+        but two short strings is no check at all, and the caller refuses the request."""
+        if not isinstance(data, dict):
+            return None
+        fmt, value = data.get("format"), data.get("value")
+        if fmt not in ("zig", "nar", "git", "nix-store") or not isinstance(value, str) \
+                or not 0 < len(value) <= 200:
+            return None
+        return cls(fmt, value)
+
+
+def hash_as(root: Path, fmt: str, value: str, source: str) -> str | None:
+    """The tree at ``root`` hashed in ``fmt``, spelled so that it compares with ``value``;
+    None when a tree cannot be checked in that format (an archive digest)."""
+    from .hashing import hash_tree
+    from .hashing.nar import parse_nix_hash, store_path_hash
+    from .package import scan_tree
+
+    if fmt == "zig":
+        from .interop.zig import zig_hash
+
+        try:
+            computed = zig_hash(root, source, allow_missing_paths=True)
+        except TreeseedError as exc:
+            return f"(no Zig hash: {exc})"
+        return value if computed.matches(value) else computed.hash
+    if fmt in ("nar", "git"):
+        return hash_tree(root, scan_tree(root, source), [fmt], source)[fmt]
+    if fmt == "nix-store":
+        nar = hash_tree(root, scan_tree(root, source), ["nar"], source)["nar"]
+        return store_path_hash(parse_nix_hash(nar))
+    return None
+
+
 def install(cache: Cache, delivery: Delivery, expected: str | None = None,
-            marks: Iterable[str] = (), shown_as: str | None = None) -> FetchResult:
+            marks: Iterable[str] = (), shown_as: str | None = None,
+            also: AlsoHash | None = None) -> FetchResult:
     """Install ``delivery`` (see the module docstring); ``marks`` are added to the origin mark
     (e.g. :data:`treeseed.sharing.PRIVATE`); ``shown_as`` is the source reported to the user
-    (default: the delivery's source)."""
+    (default: the delivery's source); ``also`` is a hint's claim the tree must bear out."""
     if expected is not None and delivery.hash != expected:
         raise HashMismatch(shown_as or delivery.source, expected, delivery.hash)
+    if also is not None:
+        also.check(delivery.tree, delivery.hash)
     created = cache.install(delivery.tree, delivery.hash)
     from .swarm.torrents import adopt as adopt_swarm_files
 

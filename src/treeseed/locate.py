@@ -18,12 +18,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .cache import Cache
-from .errors import FetchError, TreeseedError
+from .errors import AliasMismatch, FetchError, TreeseedError
 from .schemes import is_network
 
 if TYPE_CHECKING:
     from .config import Settings
     from .fetch import FetchResult
+    from .install import AlsoHash
     from .unpack import Limits
 
 
@@ -60,6 +61,7 @@ def obtain(
     private: bool = False,
     names: Sequence[str] = (),
     limits: Limits | None = None,
+    also: AlsoHash | None = None,
 ) -> FetchResult:
     """Fetch the package ``package_hash`` from wherever it can be had (module docstring).
 
@@ -67,7 +69,9 @@ def obtain(
     ``fetch URL --hash``, ``zig fetch`` and the Nix cache all come here. ``name`` and
     ``names`` are what the caller calls the package, ``private`` its dependency entry's
     ``private = true``: :mod:`treeseed.sharing` decides from them whether the swarm may be
-    asked, and a private package is marked so that it is never published either.
+    asked, and a private package is marked so that it is never published either. ``also``
+    is a hint's claim every new tree is checked against before it is installed
+    (:class:`treeseed.install.AlsoHash`); a package already cached is returned unchecked.
     """
     from .install import cached_result
     from .sharing import PRIVATE, Sharing, lookup_refusal
@@ -96,7 +100,7 @@ def obtain(
                 on_url(url)
             try:
                 return fetch(url, cache, package_hash, fetchers=fetchers, progress=progress,
-                             cancel=cancel, marks=marks, limits=limits)
+                             cancel=cancel, marks=marks, limits=limits, also=also)
             except TreeseedError as exc:
                 errors.append(exc)
                 why = str(exc)
@@ -119,9 +123,9 @@ def obtain(
             on_url(f"swarm:{package_hash}")
         try:
             return from_swarm(cache, package_hash, settings, progress, cancel,
-                              lambda a: advice.__setitem__(0, a))
+                              lambda a: advice.__setitem__(0, a), also)
         except TreeseedError as exc:
-            raise AllSourcesFailed(package_hash, [f"swarm: {exc}"]) from None
+            raise AllSourcesFailed(package_hash, [f"swarm: {exc}"], [exc]) from None
 
     def on_own_thread(job: Callable[..., FetchResult]) -> Callable[[threading.Event], FetchResult]:
         """The race runs each side on a thread of its own, and an sqlite connection (the
@@ -138,9 +142,11 @@ def obtain(
         return race(on_own_thread(from_the_swarm), on_own_thread(from_urls) if candidates else None,
                     head_start(), advice=lambda: advice[0])
     except BothFailed as both:
-        reasons = [r for e in (both.origin_error, both.swarm_error)
-                   for r in getattr(e, "reasons", [str(e)])]
-        raise AllSourcesFailed(package_hash, reasons) from None
+        failed = [e for e in (both.origin_error, both.swarm_error) if e is not None]
+        reasons = [r for e in failed for r in getattr(e, "reasons", [str(e)])]
+        errors = [x for e in failed for x in getattr(e, "errors", [e])
+                  if isinstance(x, TreeseedError)]
+        raise AllSourcesFailed(package_hash, reasons, errors) from None
 
 
 def resolve_alias(mirror: str, fmt: str, value: str, timeout: float = 10.0) -> str | None:
@@ -190,14 +196,14 @@ def obtain_by_alias(
     itself), each mirror's ``/alias/<fmt>/<value>``, then, with torrenting and the DHT on, the
     DHT (:mod:`treeseed.swarm.aliases`). A mirror's or the DHT's answer is only a hint: the
     package it names is had by its bt2 hash (:func:`obtain`, so its bytes are that package's),
-    then hashed in ``fmt``; a package that does not have ``value`` is removed again (unless it
-    was cached before) and the error says the hint was wrong. ``names`` are the names the
+    and checked in ``fmt`` before it is installed, so a package that does not have ``value``
+    never enters the cache (:class:`treeseed.install.AlsoHash`); the error says the hint was
+    wrong. ``names`` are the names the
     caller knows the package by: a private one is never looked up in the DHT. ``urls`` are
     origin URLs for the package (a build.zig.zon's ``.url``), raced as for any pinned package.
     """
-    from .install import cached_result
+    from .install import AlsoHash, cached_result, hash_as
     from .sharing import Sharing
-    from .swarm.aliases import tree_hash
 
     known = cache.resolve(fmt, value)
     if known and cache.has(known):
@@ -208,27 +214,28 @@ def obtain_by_alias(
                          "against a tree, so mirrors and the DHT are not asked for one")
     reasons: list[str] = []
     tried: set[str] = set()
+    also = AlsoHash(fmt, value)
 
     def attempt(package_hash: str, where: str) -> FetchResult | None:
         if package_hash in tried:
             return None
         tried.add(package_hash)
-        had = cache.has(package_hash)
         try:
             result = obtain(cache, package_hash, urls, settings, offline=offline,
-                            progress=progress, names=names)
+                            progress=progress, names=names, also=also)
+            got = hash_as(result.path, fmt, value, package_hash) if result.cached else value
         except TreeseedError as exc:
-            reasons.append(f"{where} named {package_hash}, which could not be fetched: {exc}")
-            return None
-        got = tree_hash(result.path, fmt, value, package_hash)
+            wrong = _alias_mismatch(exc)
+            if wrong is None:
+                reasons.append(f"{where} named {package_hash}, which could not be fetched: {exc}")
+                return None
+            got = wrong.actual
         if got == value:
             from .install import record_aliases
 
             if fmt in ("nar", "git") or (fmt == "zig" and not value.startswith("1220")):
                 record_aliases(cache, package_hash, {fmt: value})
             return result
-        if not had:
-            cache.remove(package_hash)
         reasons.append(f"{where} hint was wrong: it named {package_hash}, whose {fmt} hash is "
                        f"{got}, not {value}; nothing was installed")
         return None
@@ -261,6 +268,18 @@ def obtain_by_alias(
             if found is not None:
                 return found
     raise AllSourcesFailed(wanted, reasons)
+
+
+def _alias_mismatch(exc: BaseException) -> AliasMismatch | None:
+    """The :class:`treeseed.errors.AliasMismatch` behind a failure, however deep (a race's
+    :class:`AllSourcesFailed` keeps each side's errors)."""
+    if isinstance(exc, AliasMismatch):
+        return exc
+    for inner in getattr(exc, "errors", ()):
+        found = _alias_mismatch(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def dht_lookup(cache: Cache, settings: Settings, fmt: str, value: str) -> str | None:

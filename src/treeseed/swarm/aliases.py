@@ -413,26 +413,3 @@ def parse_hash(text: str) -> tuple[str, str] | None:
     if store and store[2] == "source":
         return "nix-store", store[1]
     return None
-
-
-def tree_hash(root: Path, fmt: str, value: str, source: str) -> str | None:
-    """The tree at ``root`` hashed in ``fmt``, spelled so it compares with ``value``; None
-    when a tree cannot be checked in that format (an archive digest)."""
-    from ..hashing import hash_tree
-    from ..hashing.nar import parse_nix_hash, store_path_hash
-    from ..package import scan_tree
-
-    if fmt == "zig":
-        from ..interop.zig import zig_hash
-
-        try:
-            computed = zig_hash(root, source, allow_missing_paths=True)
-        except TreeseedError as exc:
-            return f"(no Zig hash: {exc})"
-        return value if computed.matches(value) else computed.hash
-    if fmt in ("nar", "git"):
-        return hash_tree(root, scan_tree(root, source), [fmt], source)[fmt]
-    if fmt == "nix-store":
-        nar = hash_tree(root, scan_tree(root, source), ["nar"], source)["nar"]
-        return store_path_hash(parse_nix_hash(nar))
-    return None

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..cache import Cache
-from ..errors import FetchError, TreeseedError
-from ..install import FetchResult
+from ..errors import AliasMismatch, FetchError, TreeseedError
+from ..install import AlsoHash, FetchResult
 
 _SOCKET_MAX = 100  # AF_UNIX paths are limited to 108 bytes
 
@@ -107,8 +107,10 @@ class SeederClient:
 
     def download(self, package_hash: str, progress: Callable[[int, int | None], None] | None,
               cancel: threading.Event | None,
-              on_advice: Callable[[str], None] | None = None) -> FetchResult:
-        """Have the seeder fetch the package; closing the connection (on cancel) stops it."""
+              on_advice: Callable[[str], None] | None = None,
+              also: AlsoHash | None = None) -> FetchResult:
+        """Have the seeder fetch the package; closing the connection (on cancel) stops it.
+        ``also`` goes with the request: the seeder checks it before it installs."""
         from ..install import cached_result
         from .download import stall_timeout
 
@@ -117,11 +119,16 @@ class SeederClient:
             threading.Thread(target=self._close_on, args=(cancel, done), daemon=True).start()
         try:
             request = {"op": "fetch", "hash": package_hash, "stall": stall_timeout()}
+            if also is not None:
+                request["also"] = also.as_json()
             for reply in self.request(request, timeout=None):
                 if "progress" in reply and on_advice is not None:
                     on_advice(str(reply.get("origin", "")))
                 if "progress" in reply and progress is not None:
                     progress(reply["progress"], reply.get("total"))
+                elif "mismatch" in reply and also is not None:
+                    raise AliasMismatch(package_hash, also.fmt, also.value,
+                                        str(reply["mismatch"]))
                 elif "error" in reply:
                     raise FetchError(reply["error"])
         except (OSError, ValueError) as exc:

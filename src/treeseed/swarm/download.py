@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..env import env_seconds
 from ..errors import FetchError
-from ..install import Delivery, FetchResult, install
+from ..install import AlsoHash, Delivery, FetchResult, install
 from ..sharing import SWARM_SOURCE
 
 if TYPE_CHECKING:
@@ -34,9 +34,11 @@ def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
                          progress: Callable[[int, int | None], None] | None = None,
                          cancel: threading.Event | None = None,
                          stall: float | None = None,
-                         on_advice: Callable[[str], None] | None = None) -> FetchResult:
+                         on_advice: Callable[[str], None] | None = None,
+                         also: AlsoHash | None = None) -> FetchResult:
     """Download into a work directory, re-verify the whole tree, install by rename, and keep
-    the .torrent and block hashes so the package can be seeded at once."""
+    the .torrent and block hashes so the package can be seeded at once. ``also`` is a hint's
+    claim checked before the install (:class:`treeseed.install.AlsoHash`)."""
     from ..assemble import adopt_tree, finish_tree
     from . import torrents
     from .session import Progress
@@ -61,4 +63,4 @@ def download_and_install(swarm: Swarm, cache: Cache, package_hash: str,
                             SWARM_SOURCE, manifest.name if manifest else None,
                             manifest.version if manifest else None,
                             bool(manifest and manifest.private), transferred=package.size)
-        return install(cache, delivery, package_hash)
+        return install(cache, delivery, package_hash, also=also)

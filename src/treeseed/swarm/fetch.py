@@ -22,7 +22,7 @@ from ..cache import Cache
 from ..env import env_seconds
 from ..errors import FetchError, TreeseedError
 from ..ids import is_bt2
-from ..install import FetchResult
+from ..install import AlsoHash, FetchResult
 from .download import download_and_install
 
 if TYPE_CHECKING:  # libtorrent is imported only when a session starts
@@ -40,9 +40,10 @@ def head_start() -> float:
 def from_swarm(cache: Cache, package_hash: str, settings: Settings,
                progress: Callable[[int, int | None], None] | None = None,
                cancel: threading.Event | None = None,
-               on_advice: Callable[[str], None] | None = None) -> FetchResult:
+               on_advice: Callable[[str], None] | None = None,
+               also: AlsoHash | None = None) -> FetchResult:
     """Fetch ``package_hash`` from the swarm into ``cache`` (through the running seeder if
-    there is one). Private packages are never looked up: a lookup alone leaks interest.
+    there is one); a new tree must also have ``also`` (:class:`treeseed.install.AlsoHash`). Private packages are never looked up: a lookup alone leaks interest.
     ``on_advice`` hears, as the download goes, whether the origin should wait or go
     (:meth:`treeseed.swarm.session.Swarm.origin_advice`)."""
     if not is_bt2(package_hash):
@@ -61,14 +62,14 @@ def from_swarm(cache: Cache, package_hash: str, settings: Settings,
     client = SeederClient.connect(cache)
     if client is not None:
         with client:
-            return client.download(package_hash, progress, cancel, on_advice)
+            return client.download(package_hash, progress, cancel, on_advice, also)
     from .session import Swarm
 
     swarm = Swarm(settings)
     try:
         swarm.start_announcing()  # a fetching session has something to look for: no delay
         return download_and_install(swarm, cache, package_hash, progress, cancel,
-                                    on_advice=on_advice)
+                                    on_advice=on_advice, also=also)
     finally:
         swarm.close()
 

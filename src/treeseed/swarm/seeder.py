@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..cache import Cache
-from ..errors import FetchError, TreeseedError
-from ..install import FetchResult
+from ..errors import AliasMismatch, FetchError, TreeseedError
+from ..install import AlsoHash, FetchResult
 from ..sharing import private_because
 from .client import SeederBusy, SeederClient, read_info, seed_dir, socket_path
 
@@ -388,9 +388,11 @@ class Seeder:
 
     def download_for(self, package_hash: str, progress: Callable[[int, int | None], None],
               cancel: threading.Event, stall: float | None = None,
-              on_advice: Callable[[str], None] | None = None) -> FetchResult:
+              on_advice: Callable[[str], None] | None = None,
+              also: AlsoHash | None = None) -> FetchResult:
         """Download a package for another process with our session, then seed it; ``stall``
-        is the asking process's own TREESEED_SWARM_STALL."""
+        is the asking process's own TREESEED_SWARM_STALL; ``also`` the asking process's hint
+        to check before the install."""
         from .download import download_and_install
 
         assert self.swarm is not None
@@ -415,7 +417,7 @@ class Seeder:
                     result = cached_result(cache, package_hash, "swarm", ())
                 else:
                     result = download_and_install(self.swarm, cache, package_hash, progress,
-                                                  cancel, stall, on_advice)
+                                                  cancel, stall, on_advice, also)
             finally:
                 cache.close()
                 one_at_a_time.release()
@@ -524,11 +526,17 @@ class Seeder:
             return {"hash": self.aliases.dht.get(str(request.get("format")),
                                                  str(request.get("value")))}
         if op == "fetch":
-            return self._answer_fetch(str(request.get("hash")), send, conn, request.get("stall"))
+            also = AlsoHash.from_json(request["also"]) if "also" in request else None
+            if "also" in request and also is None:
+                return {"error": "a fetch request's 'also' must name a zig, nar, git or "
+                                 "nix-store hash"}
+            return self._answer_fetch(str(request.get("hash")), send, conn, request.get("stall"),
+                                      also)
         return {"error": f"unknown request {op!r}"}
 
     def _answer_fetch(self, package_hash: str, send: Callable[[dict], None],
-                      conn: socket.socket, stall: Any = None) -> dict:
+                      conn: socket.socket, stall: Any = None,
+                      also: AlsoHash | None = None) -> dict:
         cancel = threading.Event()
         if isinstance(stall, bool) or not isinstance(stall, (int, float)) or not stall > 0:
             stall = None  # absent or nonsense: the seeder's own
@@ -543,7 +551,9 @@ class Seeder:
 
         try:
             result = self.download_for(package_hash, progress, cancel, stall,
-                                lambda a: advice.__setitem__(0, a))
+                                       lambda a: advice.__setitem__(0, a), also)
+        except AliasMismatch as exc:
+            return {"error": str(exc), "mismatch": exc.actual}
         except TreeseedError as exc:
             return {"error": str(exc)}
         return {"ok": True, "hash": result.hash, "transferred": result.transferred}
