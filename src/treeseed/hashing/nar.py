@@ -293,3 +293,80 @@ def _base64(text: str) -> bytes:
     if len(digest) != SHA256_SIZE or base64.b64encode(digest).decode("ascii") != text:
         raise ValueError("base64 is not the canonical spelling of 32 bytes")
     return digest
+
+
+def flat_store_path_hash(file_digest: bytes, name: str, store_dir: str = STORE_DIR) -> str:
+    """The hash part of the store path of a *flat* fixed-output file (``fetchurl``'s output,
+    ``nix-store --add-fixed sha256 FILE``): Nix's ``makeFixedOutputPath`` for a non-recursive
+    SHA-256, i.e. the "output:out" path type over SHA-256(``fixed:out:sha256:<hex>:``)."""
+    if len(file_digest) != SHA256_SIZE:
+        raise ValueError(f"a SHA-256 digest has {SHA256_SIZE} bytes, not {len(file_digest)}")
+    inner = hashlib.sha256(f"fixed:out:sha256:{file_digest.hex()}:".encode()).hexdigest()
+    text = f"output:out:sha256:{inner}:{store_dir}:{name}".encode()
+    folded = bytearray(20)
+    for i, byte in enumerate(hashlib.sha256(text).digest()):
+        folded[i % 20] ^= byte
+    return nix32(bytes(folded))
+
+
+#: What Nix allows in a store path's name (``checkName`` in Nix's path.cc), at most 211 bytes.
+_STORE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-._?=")
+STORE_NAME_MAX = 211
+#: The hash part of a store path: 32 nix32 characters (160 bits).
+STORE_HASH_LEN = 32
+
+
+def is_store_name(name: str) -> bool:
+    """Would Nix accept ``name`` as the name part of a store path? (Not empty, not starting
+    with a dot, only ``[A-Za-z0-9+-._?=]``, at most 211 characters.)"""
+    return (0 < len(name) <= STORE_NAME_MAX and not name.startswith(".")
+            and all(c in _STORE_NAME_CHARS for c in name))
+
+
+def is_store_hash(text: str) -> bool:
+    """Is ``text`` a store path's hash part: exactly 32 nix32 characters?"""
+    return len(text) == STORE_HASH_LEN and all(c in _NIX32_VALUE for c in text)
+
+
+def nar_pieces(entries: Sequence[Entry], source: str = "") -> Iterator[bytes | Entry]:
+    """The NAR of a package as it would be streamed, without reading any file: runs of
+    framing bytes (gathered up to 64 KiB) and, where a regular file's contents go, its
+    :class:`Entry`, whose ``size`` bytes the caller supplies. :func:`nar_bytes_stream` with the
+    file contents spliced in; lets a server know the NAR's length and serve any byte range
+    of it (:mod:`treeseed.narstream`) without building it."""
+    out = bytearray(_MAGIC)
+    yield from _directory_pieces(nest(entries, source), out)
+    if out:
+        yield bytes(out)
+
+
+def _directory_pieces(tree: Dir, out: bytearray) -> Iterator[bytes | Entry]:
+    out += _DIR_HEAD
+    for name in sorted(tree):
+        child = tree[name]
+        out += _ENTRY_HEAD + _frame(name) + _NODE
+        if isinstance(child, dict):
+            yield from _directory_pieces(child, out)
+        elif child.is_symlink:
+            assert child.target is not None
+            out += _SYMLINK_HEAD + _frame(raw_bytes(child.target)) + _CLOSE
+        else:
+            out += (_EXEC_HEAD if child.executable else _FILE_HEAD) + struct.pack("<Q", child.size)
+            yield bytes(out)
+            out.clear()
+            yield child
+            out += _padding(child.size) + _CLOSE
+        out += _CLOSE
+        if len(out) >= _GATHER:
+            yield bytes(out)
+            out.clear()
+    out += _CLOSE
+
+
+def flat_nar_pieces(entry: Entry) -> Iterator[bytes | Entry]:
+    """The NAR of a single regular file (a flat fixed-output path): its framing and, in the
+    middle, ``entry`` for its contents, as :func:`nar_pieces` yields them."""
+    head = _MAGIC + (_EXEC_HEAD if entry.executable else _FILE_HEAD) + struct.pack("<Q", entry.size)
+    yield head
+    yield entry
+    yield _padding(entry.size) + _CLOSE
