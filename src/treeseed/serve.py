@@ -8,6 +8,10 @@ Endpoints (docs/serve.md has the full contract)::
     GET|HEAD /alias/<format>/<value>       307 to /bt2-<hex>.tar for a zig, nar, git ... hash
     GET|HEAD /sha256/<hex or nix32>        a kept archive, Nix's hashed-mirror layout
     GET|HEAD /                             plain-text list of the public packages
+    GET|HEAD /nix-cache-info               Nix's binary-cache protocol (treeseed.interop.nixcache):
+    GET|HEAD /<32 nix32>.narinfo           a signed narinfo for a store path treeseed may publish,
+    GET|HEAD /nar/bt2-<hex>.nar            a package's tree as a NAR,
+    GET|HEAD /nar/sha256-<hex>.nar         a kept archive as a NAR (a flat store path)
 
 Every response body is named by a hash, so each has a strong ETag and is cacheable forever;
 ``Range`` (one range) and ``If-None-Match``/``If-Range`` work on all of them. Private packages
@@ -52,6 +56,7 @@ from .tarstream import FileSlice, TarLayout
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .interop.nixcache import NixCache
 
 DEFAULT_BIND = "127.0.0.1:8750"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -66,6 +71,9 @@ _TORRENT = re.compile(r"/(bt2-[0-9a-f]{64})\.torrent")
 _WEB_SEED = re.compile(r"/(bt2-[0-9a-f]{64})/package/(.+)")
 _SHA256 = re.compile(r"/sha256/([0-9a-f]{64}|[0-9abcdfghijklmnpqrsvwxyz]{52})")
 _ALIAS = re.compile(r"/alias/([a-z0-9-]+)/(.+)")
+_NARINFO = re.compile(r"/([0-9abcdfghijklmnpqrsvwxyz]{32})\.narinfo")
+_TREE_NAR = re.compile(r"/nar/(bt2-[0-9a-f]{64})\.nar")
+_FLAT_NAR = re.compile(r"/nar/sha256-([0-9a-f]{64})\.nar")
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
 
@@ -240,11 +248,13 @@ class Mirror:
     must not cross threads, and opening one costs far less than a request.
     """
 
-    def __init__(self, cache_root: Path, privacy: Privacy, log: Callable[[str], None]) -> None:
+    def __init__(self, cache_root: Path, privacy: Privacy, log: Callable[[str], None],
+                 nix_lookup_wait: float = 60.0) -> None:
         self.cache_root = cache_root
         self.privacy = privacy
         self.packages = PublicPackages(cache_root, privacy)
         self.log = log
+        self.nix = _nix_cache(cache_root, privacy, self.public, log, nix_lookup_wait)
         self._layouts: OrderedDict[str, TarLayout] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -273,6 +283,31 @@ class Mirror:
             return self._archive(cache, m[1])
         if m := _ALIAS.fullmatch(path):
             return self._alias(cache, m[1], m[2])
+        return self._route_nix(cache, path)
+
+    def _route_nix(self, cache: Cache, path: str) -> Resource | None:
+        """Nix's binary-cache protocol; what it means is :mod:`treeseed.interop.nixcache`'s."""
+        from .interop.nixcache import CACHE_INFO
+
+        if path == "/nix-cache-info":
+            return bytes_resource(CACHE_INFO, '"nix-cache-info"', "text/x-nix-cache-info")
+        if m := _NARINFO.fullmatch(path):
+            body = self.nix.narinfo(cache, m[1])
+            if body is None:
+                return None
+            import hashlib
+
+            res = bytes_resource(body, f'"narinfo-{hashlib.sha256(body).hexdigest()[:32]}"',
+                                 "text/x-nix-narinfo")
+            res.cache_control = NOT_CACHEABLE  # a package made private must stop being offered
+            return res
+        if m := _TREE_NAR.fullmatch(path):
+            layout = self.nix.tree_layout(cache, m[1]) if self.public(m[1]) else None
+            if layout is None:
+                return None
+            return Resource(layout.size, f'"{m[1]}.nar"', "application/x-nix-nar", layout.pieces)
+        if m := _FLAT_NAR.fullmatch(path):
+            return self._flat_nar(cache, m[1])
         return None
 
     # ---- privacy: the one gate every package-bearing endpoint goes through
@@ -342,6 +377,22 @@ class Mirror:
         return file_resource(path, size, f'"sha256-{hex_digest}"', "application/octet-stream",
                              {"Repr-Digest": f"sha-256=:{stated}:"})
 
+    def _flat_nar(self, cache: Cache, digest: str) -> Resource | None:
+        """A kept archive as the NAR of a flat store path: served exactly when ``/sha256/``
+        serves the archive itself."""
+        if self._owner(cache, "archive-sha256", digest) is None:
+            return None
+        from .narstream import NarLayout
+
+        path = cache.archive_path(digest)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        layout = NarLayout.for_file(path, size)
+        return Resource(layout.size, f'"sha256-{digest}.nar"', "application/x-nix-nar",
+                        layout.pieces)
+
     def _alias(self, cache: Cache, fmt: str, quoted: str) -> Redirect | None:
         if fmt not in ALIAS_FORMATS:
             return None
@@ -388,6 +439,25 @@ class Mirror:
         """Drop a layout that no longer matches the disk (the package was removed or damaged)."""
         with self._lock:
             self._layouts.pop(package_hash, None)
+        self.nix.forget(package_hash)
+
+
+def _nix_cache(cache_root: Path, privacy: Privacy, public: Callable[[str], bool],
+               log: Callable[[str], None], lookup_wait: float) -> NixCache:
+    """The Nix binary cache of this mirror: the signing key (made on first use; without one,
+    no narinfo is served and the log says why), the store-path indexer and swarm lookups."""
+    from .interop.nixcache import NixCache, StoreLookups, StorePathIndexer
+    from .interop.nixkey import load_or_create
+
+    try:
+        key = load_or_create()
+    except TreeseedError as exc:
+        log(f"treeseed serve: Nix binary cache off: {exc}")
+        key = None
+    indexer = StorePathIndexer(cache_root, log)
+    lookups = StoreLookups(cache_root, privacy.settings, log, lookup_wait,
+                           on_found=lambda _: indexer.wake())
+    return NixCache(cache_root, public, key, lookups, indexer)
 
 
 def _nix32_to_hex(text: str) -> str | None:
@@ -715,7 +785,9 @@ class Limits:
     head must arrive whole within ``head_timeout``; until it has, a connection costs a file
     descriptor and a buffer, never a thread, and at most ``max_connections`` are kept. Only
     ``workers`` threads write responses, and a client that takes no data for
-    ``write_timeout`` seconds (or more than that for one 256 KiB write) is dropped.
+    ``write_timeout`` seconds (or more than that for one 256 KiB write) is dropped. A Nix
+    narinfo request for a store path only the swarm may have waits at most
+    ``nix_lookup_wait`` for it (:class:`treeseed.interop.nixcache.StoreLookups`), then is 404.
     """
 
     workers: int = 32
@@ -723,6 +795,7 @@ class Limits:
     head_timeout: float = 10.0
     idle_timeout: float = 60.0
     write_timeout: float = 30.0
+    nix_lookup_wait: float = 60.0
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -734,7 +807,8 @@ class Limits:
                                             integer=True)),
             head_timeout=_env_number("TREESEED_SERVE_HEAD_TIMEOUT", d.head_timeout),
             idle_timeout=_env_number("TREESEED_SERVE_IDLE_TIMEOUT", d.idle_timeout),
-            write_timeout=_env_number("TREESEED_SERVE_WRITE_TIMEOUT", d.write_timeout))
+            write_timeout=_env_number("TREESEED_SERVE_WRITE_TIMEOUT", d.write_timeout),
+            nix_lookup_wait=_env_number("TREESEED_SERVE_NIX_LOOKUP_WAIT", d.nix_lookup_wait))
 
 
 MAX_HEAD = 64 << 10  # a request head (request line and headers) larger than this gets 431
@@ -848,6 +922,7 @@ class MirrorServer:
         one SIGINT raises in the main thread)."""
         self._start_workers()
         self.mirror.packages.start()
+        self.mirror.nix.indexer.start()
         self._selector.register(self.socket, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._running.set()
@@ -876,6 +951,7 @@ class MirrorServer:
         response they are writing and stop."""
         self._stopping.set()
         self.mirror.packages.stop()
+        self.mirror.nix.indexer.stop()
         for sock in (self.socket, *self._waiting):
             sock.close()
         self._waiting.clear()
@@ -1066,7 +1142,7 @@ def make_server(cache_root: Path, bind: str = DEFAULT_BIND, quiet: bool = False,
     def log(line: str) -> None:
         print(line, file=err, flush=True)
 
-    mirror = Mirror(cache_root, Privacy(log), log)
+    mirror = Mirror(cache_root, Privacy(log), log, limits.nix_lookup_wait)
     try:
         return MirrorServer((host, port), mirror, quiet, err, family, limits)
     except OSError as exc:

@@ -36,8 +36,9 @@ from pathlib import Path
 
 from ..cache import Cache
 from ..errors import TreeseedError, UnpackError
-from ..hashing.nar import nix32, sri
+from ..hashing.nar import is_store_name, nix32, sri
 from ..unpack import Limits
+from .nixcache import url_name
 
 #: What the NAR of a node starts with: the archive's magic string, framed.
 _NAR_MAGIC = b"nix-archive-1"
@@ -61,12 +62,35 @@ class Prefetched:
 
 
 def prefetch(url: str, cache: Cache, unpack: bool = False, limits: Limits | None = None,
-             fetchers: dict[str, str] | None = None) -> Prefetched:
-    """What ``nix-prefetch-url [--unpack] url`` computes, fetched through treeseed."""
+             fetchers: dict[str, str] | None = None, name: str | None = None) -> Prefetched:
+    """What ``nix-prefetch-url [--unpack] url`` computes, fetched through treeseed.
+
+    The store path Nix would give the result is recorded too, so that ``treeseed serve``
+    offers it as a substitute (:mod:`treeseed.interop.nixcache`): under ``name``, by default
+    the URL's last component as ``nix-prefetch-url`` and ``fetchurl`` name it, and, unpacked,
+    also under "source", the name ``fetchzip`` gives it. An unpacked tree is recorded only
+    when treeseed's package is Nix's tree (same NAR): otherwise the package is not that path.
+    """
     limits = limits or Limits.from_env()
     if unpack:
-        return _prefetch_unpacked(url, cache, limits, fetchers)
-    return _prefetch_flat(url, cache, limits, fetchers)
+        found = _prefetch_unpacked(url, cache, limits, fetchers)
+    else:
+        found = _prefetch_flat(url, cache, limits, fetchers)
+    _record_store_paths(found, cache, unpack, name or url_name(url))
+    return found
+
+
+def _record_store_paths(found: Prefetched, cache: Cache, unpack: bool, name: str) -> None:
+    from .nixcache import SOURCE, record_flat_path, record_tree_path
+
+    if found.package is None:
+        return
+    if not unpack:
+        record_flat_path(cache, found.package, found.digest.hex(), name)
+    elif found.note is None:
+        for each in dict.fromkeys((SOURCE, name)):
+            if is_store_name(each):
+                record_tree_path(cache, found.package, found.digest, each)
 
 
 def _prefetch_flat(url: str, cache: Cache, limits: Limits, fetchers: dict[str, str] | None
