@@ -3,7 +3,14 @@
 :class:`Server` is ``http.server.ThreadingHTTPServer`` on port 0 in a daemon thread; its route
 table (``routes``) says what each path answers (status, headers, body, and an announced length
 that may lie), and ``hits`` records every path requested, in order, so a test can assert what a
-client asked for (and that a second run asked for nothing).
+client asked for (and that a second run asked for nothing). ``requests`` keeps each request's
+headers and the status it got, so a test can see what was conditional and what was a 304.
+
+Conditional requests are honoured as a real server would: a 200 route with an ``ETag`` header
+answers ``If-None-Match`` naming it with a 304 (no body), one with ``Last-Modified`` answers
+an ``If-Modified-Since`` of that same date with a 304. ``Reply.hold`` withholds the body (from
+byte ``hold_at`` on) until the test sets the event, so a test can prove a client did not need
+it, or see what a client shows while it waits.
 
 ``tests/conftest.py`` registers this module in ``pytest_plugins``, so a test names the
 ``server`` fixture as an argument; ``servers`` makes as many more as a test needs, all closed at
@@ -34,6 +41,37 @@ class Reply:
     # after the barrier's own timeout and answers 503): proves requests run concurrently.
     barrier: threading.Barrier | None = None
     trickle: float = 0.0  # seconds to pause between 64 KiB pieces of the body
+    # Send ``hold_at`` bytes of the body, then wait until the test sets ``hold`` (at most
+    # HOLD_LIMIT seconds) before the rest.
+    hold: threading.Event | None = None
+    hold_at: int = 0
+
+
+HOLD_LIMIT = 120.0  # longest a held body waits for its test
+
+
+@dataclass
+class Request:
+    """One request as the server saw it: path, headers (lower-case names), the status sent."""
+
+    path: str
+    headers: dict[str, str]
+    status: int
+
+
+def _not_modified(reply: Reply, headers) -> bool:  # type: ignore[no-untyped-def]
+    """Whether a conditional request matches the route's validators (RFC 9110, weak compare)."""
+    if reply.status != 200:
+        return False
+    etag = reply.headers.get("ETag")
+    asked = headers.get("If-None-Match")
+    if asked is not None:
+        if etag is None:
+            return False
+        tags = [t.strip().removeprefix("W/") for t in asked.split(",")]
+        return "*" in tags or etag.removeprefix("W/") in tags
+    since = headers.get("If-Modified-Since")
+    return since is not None and since == reply.headers.get("Last-Modified")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,8 +82,13 @@ class Handler(BaseHTTPRequestHandler):
         reply = self.server.routes.get(self.path)  # type: ignore[attr-defined]
         if reply is None:
             reply = Reply(404, b"no route", {"Content-Type": "text/plain"})
+        if _not_modified(reply, self.headers):
+            validators = {k: v for k, v in reply.headers.items() if k in ("ETag", "Last-Modified")}
+            reply = Reply(304, b"", validators)
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.hits.append(self.path)  # type: ignore[attr-defined]
+            self.server.requests.append(Request(  # type: ignore[attr-defined]
+                self.path, {k.lower(): v for k, v in self.headers.items()}, reply.status))
         if reply.barrier is not None:
             try:
                 reply.barrier.wait()
@@ -55,10 +98,17 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
+        if reply.status != 304:  # a 304 has no body, so no length either
+            self.send_header("Content-Length",
+                             str(len(reply.body) if reply.length is None else reply.length))
         self.end_headers()
         try:
-            if reply.trickle:
+            if reply.hold is not None:
+                self.wfile.write(reply.body[:reply.hold_at])
+                self.wfile.flush()
+                reply.hold.wait(HOLD_LIMIT)
+                self.wfile.write(reply.body[reply.hold_at:])
+            elif reply.trickle:
                 for start in range(0, len(reply.body), 1 << 16):
                     self.wfile.write(reply.body[start:start + (1 << 16)])
                     self.wfile.flush()
@@ -99,6 +149,7 @@ class Server(LoopbackServer):
         super().__init__(Handler)
         self.httpd.routes = {}  # type: ignore[attr-defined]
         self.httpd.hits = []  # type: ignore[attr-defined]
+        self.httpd.requests = []  # type: ignore[attr-defined]
         self.httpd.lock = threading.Lock()  # type: ignore[attr-defined]
         self.start()
 
@@ -109,6 +160,10 @@ class Server(LoopbackServer):
     @property
     def hits(self) -> list[str]:
         return self.httpd.hits  # type: ignore[attr-defined]
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.httpd.requests  # type: ignore[attr-defined]
 
 @pytest.fixture
 def server() -> Iterator[Server]:

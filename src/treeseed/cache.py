@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS marks (
     mark TEXT NOT NULL,
     PRIMARY KEY (hash, mark)
 );
+CREATE TABLE IF NOT EXISTS validators (
+    url           TEXT PRIMARY KEY,
+    etag          TEXT,
+    last_modified TEXT,
+    hash          TEXT NOT NULL,
+    checked       REAL NOT NULL
+);
 """
 
 
@@ -196,6 +203,31 @@ class Cache:
             for package_hash, mark in self.db.execute("SELECT hash, mark FROM marks"):
                 found.setdefault(package_hash, set()).add(mark)
         return found
+
+    def validators(self, url: str) -> tuple[str | None, str | None, str] | None:
+        """(ETag, Last-Modified, package hash) the server at ``url`` gave when it last served
+        that package, for a conditional request (:mod:`treeseed.update`); None when unknown
+        or when the package is no longer cached: like an alias, a validator means nothing
+        without the package it names."""
+        if not (self.root / "index.sqlite").exists():
+            return None
+        row = self.db.execute("SELECT etag, last_modified, hash FROM validators WHERE url = ?",
+                              (url,)).fetchone()
+        if row is None or not self.has(row[2]):
+            return None
+        return row[0], row[1], row[2]
+
+    def remember_validators(self, url: str, etag: str | None, last_modified: str | None,
+                            package_hash: str) -> None:
+        """Record what ``url``'s server said identifies the representation that unpacked to
+        ``package_hash``; without either validator there is nothing to ask with, so the row
+        is dropped instead."""
+        if etag is None and last_modified is None:
+            self.db.execute("DELETE FROM validators WHERE url = ?", (url,))
+            return
+        self.db.execute(
+            "INSERT OR REPLACE INTO validators (url, etag, last_modified, hash, checked)"
+            " VALUES (?, ?, ?, ?, ?)", (url, etag, last_modified, package_hash, time.time()))
 
     def aliases(self, package_hash: str) -> dict[str, str]:
         rows = self.db.execute("SELECT format, value FROM aliases WHERE hash = ?", (package_hash,))

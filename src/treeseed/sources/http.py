@@ -175,6 +175,20 @@ def digest_from_headers(headers) -> str | None:
 
 def open_url(url: str):
     """GET ``url`` following redirects; return a streaming response with status 200."""
+    response, current = _follow(url, {})
+    if response.status != 200:
+        body = _snippet(response)
+        response.release_conn()
+        said = f"; the server said: {body}" if body else ""
+        raise FetchError(f"{current}: HTTP {response.status} {response.reason or ''}".rstrip()
+                         + said)
+    _reject_html(response, current)
+    return response
+
+
+def _follow(url: str, headers: dict[str, str]):
+    """GET ``url`` with ``headers``, following redirects one hop at a time (each hop gets the
+    same headers); return the first answer that is not a redirect, body unread, and its URL."""
     import urllib3
 
     chain = [url]
@@ -182,31 +196,97 @@ def open_url(url: str):
     for _ in range(MAX_REDIRECTS + 1):
         asked = time.monotonic()
         try:
-            response = pool().request("GET", current, preload_content=False, redirect=False)
+            response = pool().request("GET", current, headers=headers or None,
+                                      preload_content=False, redirect=False)
         except urllib3.exceptions.ReadTimeoutError:
             raise _stalled(current, 0, None, asked) from None
         except urllib3.exceptions.HTTPError as exc:
             raise FetchError(f"{current}: {_describe(exc)}") from None
-        if response.status in (301, 302, 303, 307, 308):
-            location = response.headers.get("Location")
-            response.drain_conn()
-            response.release_conn()
-            if not location:
-                raise FetchError(f"{current}: HTTP {response.status} redirect without a Location")
-            current = urljoin(current, location)
-            if current in chain:
-                raise FetchError(f"{url}: redirect loop: {' -> '.join(chain + [current])}")
-            chain.append(current)
-            continue
-        if response.status != 200:
-            body = _snippet(response)
-            response.release_conn()
-            said = f"; the server said: {body}" if body else ""
-            raise FetchError(f"{current}: HTTP {response.status} {response.reason or ''}".rstrip()
-                             + said)
-        _reject_html(response, current)
-        return response
+        if response.status not in (301, 302, 303, 307, 308):
+            return response, current
+        location = response.headers.get("Location")
+        response.drain_conn()
+        response.release_conn()
+        if not location:
+            raise FetchError(f"{current}: HTTP {response.status} redirect without a Location")
+        current = urljoin(current, location)
+        if current in chain:
+            raise FetchError(f"{url}: redirect loop: {' -> '.join(chain + [current])}")
+        chain.append(current)
     raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects: {' -> '.join(chain)}")
+
+
+class Probe:
+    """What one (maybe conditional) GET said about a URL, its body never read.
+
+    ``treeseed update`` asks with the validators the server gave last time; the answer is
+    untrusted input, so :attr:`not_modified` holds only for a 304 to a request that really was
+    conditional, and whose ETag, if the 304 carries one, is the one asked with.
+    """
+
+    def __init__(self, url: str, status: int, etag: str | None, last_modified: str | None,
+                 digest: str | None, asked_etag: str | None, asked_since: str | None) -> None:
+        self.url = url
+        self.status = status
+        self.etag = etag
+        self.last_modified = last_modified
+        self.digest = digest  # the body's SHA-256 as the server states it (Repr-Digest)
+        self.asked_etag = asked_etag
+        self.asked_since = asked_since
+
+    @property
+    def conditional(self) -> bool:
+        return self.asked_etag is not None or self.asked_since is not None
+
+    @property
+    def not_modified(self) -> bool:
+        if self.status != 304 or not self.conditional:
+            return False
+        return self.etag is None or self.asked_etag is None or _same_etag(self.etag, self.asked_etag)
+
+    def __repr__(self) -> str:
+        return (f"Probe({self.url!r}, {self.status}, etag={self.etag!r}, "
+                f"last_modified={self.last_modified!r}, digest={self.digest!r})")
+
+
+def _same_etag(a: str, b: str) -> bool:
+    """RFC 9110's weak comparison, as If-None-Match uses: ``W/"x"`` equals ``"x"``."""
+    return a.strip().removeprefix("W/") == b.strip().removeprefix("W/")
+
+
+def probe(url: str, etag: str | None = None, last_modified: str | None = None) -> Probe:
+    """One GET of ``url`` that reads the answer's headers and never its body.
+
+    With ``etag`` / ``last_modified`` (what the server said last time) the request is
+    conditional (``If-None-Match`` / ``If-Modified-Since``), so an unchanged resource costs a
+    304 and no body. A 200 is hung up on after its headers: whoever needs the body fetches it
+    through the pipeline, which hashes it as it arrives.
+    """
+    headers = {}
+    if etag is not None:
+        headers["If-None-Match"] = etag
+    if last_modified is not None:
+        headers["If-Modified-Since"] = last_modified
+    response, _ = _follow(url, headers)
+    try:
+        return Probe(url, response.status, _header(response, "ETag"),
+                     _header(response, "Last-Modified"),
+                     digest_from_headers(response.headers) if response.status == 200 else None,
+                     etag, last_modified)
+    finally:
+        if response.status == 304:
+            response.release_conn()  # no body: the connection is reusable
+        else:
+            response.close()  # a body may be on its way: drop the connection, never read it
+            response.release_conn()
+
+
+def _header(response, name: str) -> str | None:
+    """A header as a validator to send back: bounded and printable, else ignored."""
+    value = response.headers.get(name)
+    if value is None or len(value) > 512 or not value.isprintable():
+        return None
+    return value
 
 
 def _reject_html(response, url: str) -> None:
