@@ -172,36 +172,13 @@ def cmd_fetch_dependencies(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from ..add import add
     from ..deps import find_package
-    from ..fetch import fetch, package_name
-    from ..manifest import MANIFEST_NAME, Dependency, add_dependency
 
     root = find_package(Path.cwd())
-    urls = [args.url, *args.mirrors]
-    if is_offline(args):
-        for url in urls:
-            refuse_network(url)
-    absolute = [u if "://" in u else Path(u).resolve().as_uri() for u in urls]
-    cache = open_cache(args)
     with DownloadProgress(args) as progress:
-        result = fetch(absolute[0], cache, progress=progress)
-    for mirror in absolute[1:]:  # every URL of a dependency must give the same package
-        fetch(mirror, cache, result.hash, check_source=True)
-    from ..locate import announce_new
-
-    announce_new(cache, result, settings_for(args))  # torrenting on: seeded at once
-    url = _manifest_url(args.url, root)
-    name = args.name or package_name(result.path, args.url)
-    dep = Dependency(name, url, tuple(_manifest_url(m, root) for m in args.mirrors), result.hash,
-                     args.lazy, result.revision)
-    add_dependency(root / MANIFEST_NAME, dep)
+        added = add(root, args.url, open_cache(args), settings_for(args), args.name, args.lazy,
+                    args.mirrors, is_offline(args), progress)
     if not is_quiet(args):
-        print(f"added {name} {result.hash} to {root / MANIFEST_NAME}")
+        print(f"added {added.dependency.name} {added.result.hash} to {added.manifest}")
     return 0
-
-
-def _manifest_url(url: str, root: Path) -> str:
-    """URLs stay as given; a local path is written relative to the package, as it will be read."""
-    if "://" in url:
-        return url
-    return os.path.relpath(Path(url).resolve(), root)
