@@ -102,15 +102,25 @@ class CharLiteral(int):
 
 
 class ZonStruct(dict):
-    """``.{ .key = value, ... }``; ``line`` is where it opens, ``key_lines`` where each key is."""
+    """``.{ .key = value, ... }``; ``line`` is where it opens, ``key_lines`` where each key is.
+
+    For editing a file in place (``treeseed zig add``), offsets into the parsed text:
+    ``span`` runs from the ``.`` of ``.{`` to just after ``}``, ``field_spans[key]`` from the
+    ``.`` of ``.key`` to just after its value, ``value_spans[key]`` over the value alone.
+    """
 
     line: int = 0
     key_lines: dict[str, int]
+    span: tuple[int, int] = (0, 0)
+    field_spans: dict[str, tuple[int, int]]
+    value_spans: dict[str, tuple[int, int]]
 
     def __init__(self, *args: Any, line: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.line = line
         self.key_lines = {}
+        self.field_spans = {}
+        self.value_spans = {}
 
 
 class ZonTuple(list):
@@ -430,6 +440,7 @@ class _Parser:
         self.lexer = _Lexer(text)
         self._tok = self.lexer.next()
         self.peeked: list[_Token] = []
+        self.end = 0  # just after the last token consumed
 
     @property
     def tok(self) -> _Token:
@@ -448,6 +459,7 @@ class _Parser:
     def advance(self) -> _Token:
         tok = self.tok
         self._tok = self.peeked.pop(0) if self.peeked else self.lexer.next()
+        self.end = tok.pos + len(tok.text.rstrip()) if tok.kind == "mlstring" else tok.pos + len(tok.text)
         return tok
 
     def peek(self, n: int) -> _Token:
@@ -514,14 +526,19 @@ class _Parser:
     def init(self) -> Any:
         """``.{ ... }``: a struct when it starts with ``.name =``, else a tuple."""
         line = self.line_of(self.tok.pos)
+        start = self.tok.pos
         self.advance()
         self.advance()
         if self.tok.kind == "}":
             self.advance()
-            return EmptyInit(line=line)
+            empty = EmptyInit(line=line)
+            empty.span = (start, self.end)
+            return empty
         names = ("ident", "qident")
         if self.tok.kind == "." and self.peek(1).kind in names and self.peek(2).kind == "=":
-            return self.struct_body(ZonStruct(line=line))
+            struct = self.struct_body(ZonStruct(line=line))
+            struct.span = (start, self.end)
+            return struct
         return self.tuple_body(ZonTuple(line=line))
 
     def struct_body(self, out: ZonStruct) -> ZonStruct:
@@ -533,8 +550,11 @@ class _Parser:
             key = self.name(self.advance())
             self.keys.append("." + key)
             self.expect("=", f"after field name {key!r}")
+            value_start = self.tok.pos
             out[key] = self.value()
             out.key_lines[key] = self.line_of(dot.pos)
+            out.field_spans[key] = (dot.pos, self.end)
+            out.value_spans[key] = (value_start, self.end)
             if self.tok.kind != "}":
                 self.expect(",", "after initializer")
             self.keys.pop()
@@ -762,3 +782,191 @@ def semver(text: str, fail: Callable[[str], ManifestError]) -> str:
         if not _SEMVER_ID.fullmatch(ident):
             raise fail("unable to parse semantic version: InvalidVersion")
     return out + (f"-{pre}" if pre is not None else "") + (f"+{build}" if has_build else "")
+
+
+# --- editing a manifest in place ----------------------------------------------------------------
+
+
+class ZonEditError(ManifestError):
+    """A ``build.zig.zon`` that cannot be edited as asked (a ``.path`` dependency of that name,
+    a ``.dependencies`` that is not a struct)."""
+
+
+def with_dependency(text: str, name: str, url: str, package_hash: str, lazy: bool = False,
+                    path: str = MANIFEST_NAME) -> str:
+    """``text`` with dependency ``name`` set to ``url`` and ``package_hash`` (and ``.lazy =
+    true``), by the smallest textual edit: every other byte, comments and layout included,
+    stays as it was.
+
+    A new dependency goes after the last one, on its own line at its indentation (inside the
+    same line when the struct is written on one line), into ``.dependencies = .{}`` or, when
+    there is none, as a new ``.dependencies`` after ``.version``, as ``zig fetch --save``
+    places it. An existing one gets its ``.url`` and ``.hash`` values replaced (``.hash``
+    added after ``.url`` when missing). The result is parsed again before it is returned, and
+    must declare exactly what was asked, every other dependency unchanged.
+    """
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    body = text[len(bom):]
+    data = loads(body, path)
+    if not isinstance(data, ZonStruct):
+        raise ZonEditError(path, "expected top level expression to be a struct", line=1)
+    fields = {"url": zig_string(url), "hash": zig_string(package_hash)}
+    if lazy:
+        fields["lazy"] = "true"
+    edits = _dependency_edits(body, data, name, fields, path)
+    for start, end, new in sorted(edits, reverse=True):
+        body = body[:start] + new + body[end:]
+    _check_edit(data, loads(body, path), name, url, package_hash, lazy, path)
+    return bom + body
+
+
+Edit = tuple[int, int, str]  # replace text[start:end] with the string
+
+
+def _dependency_edits(text: str, data: ZonStruct, name: str, fields: dict[str, str],
+                      path: str) -> list[Edit]:
+    deps = data.get("dependencies")
+    if deps is None:
+        anchor = "version" if "version" in data.field_spans else list(data.field_spans)[-1]
+        block = _Block(text, data.field_spans[anchor][0])
+        inner = block.inner
+        entry = _entry_lines(name, fields, inner, block.unit, block.newline)
+        value = f".{{{block.newline}{entry}{block.newline}{block.indent}}}"
+        return _append_field(text, data.field_spans[anchor], f".dependencies = {value}",
+                             f".dependencies = .{{ {_entry_inline(name, fields)} }}")
+    if not isinstance(deps, ZonStruct):
+        line = data.key_lines.get("dependencies")
+        raise ZonEditError(path, "expected dependencies expression to be a struct", line=line,
+                           key="dependencies")
+    if name in deps:
+        return _update_entry(text, deps, name, fields, path)
+    if deps.field_spans:
+        last = deps.field_spans[list(deps.field_spans)[-1]]
+        block = _Block(text, last[0])
+        entry = _entry_lines(name, fields, block.indent, block.unit, block.newline).lstrip()
+        return _append_field(text, last, entry.rstrip(","), _entry_inline(name, fields))
+    return _fill_empty(text, deps, data.field_spans["dependencies"], name, fields)
+
+
+def _fill_empty(text: str, deps: ZonStruct, field_span: tuple[int, int], name: str,
+                fields: dict[str, str]) -> list[Edit]:
+    """``.dependencies = .{}`` (maybe with comments inside): the entry goes before ``}``."""
+    start, end = deps.span
+    close = end - 1
+    block = _Block(text, field_span[0])
+    line_start = text.rfind("\n", 0, close) + 1
+    if line_start > start and not text[line_start:close].strip():  # `}` on a line of its own
+        entry = _entry_lines(name, fields, block.inner, block.unit, block.newline)
+        return [(line_start, line_start, entry + block.newline)]
+    entry = _entry_lines(name, fields, block.inner, block.unit, block.newline)
+    return [(start, end, f".{{{block.newline}{entry}{block.newline}{block.indent}}}")]
+
+
+def _update_entry(text: str, deps: ZonStruct, name: str, fields: dict[str, str],
+                  path: str) -> list[Edit]:
+    entry = deps[name]
+    line = deps.key_lines.get(name)
+    if not isinstance(entry, ZonStruct) or "path" in entry or "url" not in entry:
+        raise ZonEditError(path, f"dependency {name!r} exists and is not a .url dependency; "
+                           "remove it, or choose another name with --name", line=line,
+                           key=f"dependencies.{name}")
+    edits: list[Edit] = [(*entry.value_spans[k], v) for k, v in fields.items() if k in entry]
+    missing = [f".{k} = {v}" for k, v in fields.items() if k not in entry]
+    if missing:  # after the last field of the entry, in the order .url, .hash, .lazy
+        last = entry.field_spans[list(entry.field_spans)[-1]]
+        block = _Block(text, last[0])
+        edits += _append_field(text, last, f",{block.newline}{block.indent}".join(missing),
+                               ", ".join(missing))
+    return edits
+
+
+def _append_field(text: str, after: tuple[int, int], lines: str, inline: str) -> list[Edit]:
+    """Insert a field after the field spanning ``after``: on a line of its own at that field's
+    indentation when the field ends its line, else on the same line."""
+    _, end = after
+    block = _Block(text, after[0])
+    cursor = end
+    while cursor < len(text) and text[cursor] in " \t\r\n":
+        cursor += 1
+    comma = cursor < len(text) and text[cursor] == ","
+    tail = cursor + 1 if comma else end
+    eol = text.find("\n", tail)
+    rest = text[tail:eol if eol >= 0 else len(text)].strip()
+    edits: list[Edit] = [] if comma else [(end, end, ",")]
+    if block.own_line and (not rest or rest.startswith("//")):
+        if eol < 0:
+            edits.append((len(text), len(text), f"{block.newline}{block.indent}{lines},"))
+        else:
+            edits.append((eol + 1, eol + 1, f"{block.indent}{lines},{block.newline}"))
+    else:  # one edit, so that nothing else lands between the comma and the field
+        closes = text[tail:].lstrip().startswith("}")  # else more fields follow: a comma
+        edits = [(tail, tail, ("" if comma else ",") + f" {inline}" + ("" if closes else ","))]
+    return edits
+
+
+class _Block:
+    """The layout around a field starting at ``pos``: its indentation, whether it starts its
+    line, the indentation step (4, or what the file uses) and the newline spelling."""
+
+    def __init__(self, text: str, pos: int) -> None:
+        line_start = text.rfind("\n", 0, pos) + 1
+        lead = text[line_start:pos]
+        self.own_line = not lead.strip()
+        self.indent = lead if self.own_line else ""
+        self.unit = "\t" if self.indent.startswith("\t") else "    "
+        self.inner = self.indent + self.unit
+        self.newline = "\r\n" if "\r\n" in text else "\n"
+
+
+def _entry_lines(name: str, fields: dict[str, str], indent: str, unit: str, newline: str) -> str:
+    inner = indent + unit
+    body = "".join(f"{inner}.{key} = {value},{newline}" for key, value in fields.items())
+    return f"{indent}{field_name(name)} = .{{{newline}{body}{indent}}},"
+
+
+def _entry_inline(name: str, fields: dict[str, str]) -> str:
+    body = ", ".join(f".{key} = {value}" for key, value in fields.items())
+    return f"{field_name(name)} = .{{ {body} }}"
+
+
+def field_name(name: str) -> str:
+    """``.name``, or ``.@"name"`` when it is not a bare identifier (Zig's ``fmtId``)."""
+    return f".{name}" if is_valid_id(name) else f".@{zig_string(name)}"
+
+
+def zig_string(value: str) -> str:
+    """``value`` as a Zig string literal (Zig's ``fmtString`` escapes)."""
+    out = []
+    for ch in value.encode("utf-8", "surrogateescape"):
+        c = chr(ch)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif c == "\r":
+            out.append("\\r")
+        elif 0x20 <= ch < 0x7F:
+            out.append(c)
+        else:
+            out.append(f"\\x{ch:02x}")
+    return '"' + "".join(out) + '"'
+
+
+def _check_edit(old: dict, new: Any, name: str, url: str, package_hash: str, lazy: bool,
+                path: str) -> None:
+    """Never write an edit that does not say what was asked, or that changed anything else."""
+    def others(data: Any) -> dict:
+        deps = data.get("dependencies") if isinstance(data, dict) else None
+        return {k: v for k, v in (deps or {}).items() if k != name}
+
+    got = (new.get("dependencies") or {}).get(name) if isinstance(new, dict) else None
+    fine = (isinstance(got, dict) and got.get("url") == url and got.get("hash") == package_hash
+            and (not lazy or got.get("lazy") is True) and others(old) == others(new)
+            and {k: v for k, v in old.items() if k != "dependencies"}
+            == {k: v for k, v in new.items() if k != "dependencies"})
+    if not fine:
+        raise ZonEditError(path, f"treeseed could not add dependency {name!r} to this file "
+                           "without changing something else; add it by hand: "
+                           f"{_entry_inline(name, {'url': zig_string(url), 'hash': zig_string(package_hash)})},")

@@ -1,4 +1,5 @@
-"""``treeseed zig fetch``: treeseed as the fetcher for Zig (:mod:`treeseed.interop.zig`)."""
+"""``treeseed zig fetch`` and ``treeseed zig add``: treeseed as the fetcher for Zig
+(:mod:`treeseed.interop.zig`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import json
 import sys
 from pathlib import Path
 
-from .common import is_offline, is_quiet, open_cache, plural, positive_int, settings_for
+from .common import (
+    DownloadProgress,
+    is_offline,
+    is_quiet,
+    open_cache,
+    plural,
+    positive_int,
+    settings_for,
+)
+
+ZIG_VERSIONS = ("auto", "0.14", "0.15", "0.16", "0.17")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
@@ -18,7 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                         help="fetch, verify and place the build.zig.zon dependencies where Zig looks")
     p.add_argument("--fetch", dest="fetch_mode", choices=("needed", "all"), default="needed",
                    help="needed: skip lazy dependencies (default); all: fetch them too")
-    p.add_argument("--zig-version", default="auto", choices=("auto", "0.14", "0.15", "0.16", "0.17"),
+    p.add_argument("--zig-version", default="auto", choices=ZIG_VERSIONS,
                    help="the Zig that will build (auto: ask 'zig version')")
     p.add_argument("--global-cache-dir", type=Path,
                    help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
@@ -28,6 +39,23 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                    help="packages fetched at once (default 4)")
     p.add_argument("--json", action="store_true", help="print what was placed as JSON")
     p.set_defaults(run=cmd_zig_fetch, fetches=True)
+
+    p = zsub.add_parser("add", parents=[common, torrent],
+                        help="what 'zig fetch --save' does, through treeseed: fetch, place, and "
+                             "write .url and .hash into build.zig.zon, keeping its comments")
+    p.add_argument("url", help="the package's URL (http(s)://, git+https://...#ref, file://, or "
+                               "a local path)")
+    p.add_argument("--name", help="dependency name (default: the package's .name, else the "
+                                  "package's own name or its URL's)")
+    p.add_argument("--lazy", action="store_true", help="write .lazy = true")
+    p.add_argument("--zig-version", default="auto", choices=ZIG_VERSIONS,
+                   help="the Zig that will build (auto: ask 'zig version')")
+    p.add_argument("--global-cache-dir", type=Path,
+                   help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
+    p.add_argument("--pkg-dir", type=Path,
+                   help="Zig 0.16+: the project's package directory (default: zig-pkg)")
+    p.add_argument("--json", action="store_true", help="print what was added as JSON")
+    p.set_defaults(run=cmd_zig_add, fetches=True)
     zig.set_defaults(run=lambda a: zig.print_help() or 2)
 
 
@@ -51,4 +79,22 @@ def cmd_zig_fetch(args: argparse.Namespace) -> int:
         where = layout.pkg_dir or layout.global_cache / "p"
         print(f"{plural(len(placed), 'package')} for Zig {version} in {where}: {new} placed, "
               f"{len(placed) - new} already there", file=sys.stderr)
+    return 0
+
+
+def cmd_zig_add(args: argparse.Namespace) -> int:
+    from ..interop.zig import detect_version, layout_for, zig_add
+
+    project = Path.cwd()
+    version = detect_version() if args.zig_version == "auto" else args.zig_version
+    layout = layout_for(version, project, args.global_cache_dir, args.pkg_dir)
+    with DownloadProgress(args) as progress:
+        added = zig_add(project, args.url, open_cache(args), layout, settings_for(args),
+                        args.name, args.lazy, is_offline(args), progress)
+    if args.json:
+        print(json.dumps(added.as_json(), indent=2))
+    elif not is_quiet(args):
+        print(f"{added.hash}\t{added.path}")
+        print(f"{added.status} {added.name} in {project / 'build.zig.zon'} for Zig {version}",
+              file=sys.stderr)
     return 0

@@ -612,3 +612,96 @@ def _mismatch(dep: ZigDependency, declared: str, computed: ZigHash, url: str, tr
     return (f"{dep.where}: dependency {dep.name!r}: hash mismatch: build.zig.zon declares "
             f"{declared} but {url} holds a package that hashes to {got}{hint}; nothing was placed "
             "(if the source changed on purpose, put the new hash in build.zig.zon)")
+
+
+# ----------------------------------------------------------------------------- zig add
+
+
+@dataclass
+class ZigAdded:
+    """What ``treeseed zig add`` wrote into build.zig.zon and placed where Zig looks."""
+
+    name: str
+    url: str  # as written into .url
+    hash: str  # the Zig hash written into .hash
+    package: str  # its treeseed bt2 hash
+    path: Path  # where Zig finds it
+    status: Literal["added", "updated", "unchanged"]
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "url": self.url, "hash": self.hash, "package": self.package,
+                "path": str(self.path), "status": self.status}
+
+
+def zig_add(project: Path, url: str, cache: Cache, layout: Layout, settings: Settings,
+            name: str | None = None, lazy: bool = False, offline: bool = False,
+            progress: Callable[[int, int | None], None] | None = None) -> ZigAdded:
+    """``zig fetch --save`` through treeseed: fetch ``url`` (cache, then the URL), hash it as
+    Zig does, place it where this Zig looks (so ``zig build`` needs no network) and set
+    ``.url`` and ``.hash`` of dependency ``name`` in the project's build.zig.zon by a minimal
+    edit (:func:`treeseed.zon.with_dependency`: comments and layout stay).
+
+    The name is ``name``, else the package's ``.name`` (as Zig takes it), else treeseed's
+    naming (:func:`treeseed.naming.dependency_name`). A git URL is written with the commit it
+    resolved to (``#<commit>``), as ``zig fetch --save`` does, so the entry stays what was
+    hashed.
+    """
+    from ..fetch import fetch
+    from ..locate import announce_new
+    from ..manifest import write_atomically
+    from ..naming import dependency_name, safe_name
+    from ..schemes import is_network
+
+    zon_path = project / ZON
+    if not zon_path.is_file():
+        raise TreeseedError(f"no {ZON} in {project}; run this in a Zig project (zig init), or "
+                            "pass -C DIR")
+    if name is not None and safe_name(name) != name:
+        raise TreeseedError(f"--name {name!r}: a dependency name uses letters, digits and "
+                            "_ . + - only, and starts with a letter, digit or _")
+    if offline and is_network(url):
+        raise TreeseedError(f"{url}: --offline forbids the network; use a local path, or a "
+                            "package already in the cache")
+    text = zon_path.read_text(encoding="utf-8")
+    before = zon.loads(text.removeprefix("\ufeff"), str(zon_path))  # said before fetching
+    if not isinstance(before, dict):
+        raise TreeseedError(f"{zon_path}: expected top level expression to be a struct")
+    source = url if "://" in url else Path(url).resolve().as_uri()
+    result = fetch(source, cache, progress=progress)
+    announce_new(cache, result, settings)
+    computed = zig_hash(result.path, f"{source} ({result.hash})", layout.allows_missing_paths)
+    cache.add_aliases(result.hash, {"zig": computed.hash})
+    saved = _saved_url(source, result.revision)
+    chosen = name or safe_name(_zon_name(result.path) or "") or dependency_name(result.path, url)
+    dest = layout.destination(computed.hash)
+    place(result.path, computed.entries, computed.keep, dest)
+    new = zon.with_dependency(text, chosen, saved, computed.hash, lazy, str(zon_path))
+    status: Literal["added", "updated", "unchanged"] = "unchanged"
+    if new != text:
+        status = "updated" if _declares(before, chosen) else "added"
+        write_atomically(zon_path, new)
+    return ZigAdded(chosen, saved, computed.hash, result.hash, dest, status)
+
+
+def _declares(data: dict, name: str | None) -> bool:
+    deps = data.get("dependencies")
+    return name is not None and isinstance(deps, dict) and name in deps
+
+
+def _zon_name(tree: Path) -> str | None:
+    """The package's own ``.name``, which ``zig fetch --save`` names a dependency by."""
+    path = tree / ZON
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        value = zon.load(path).get("name")
+    except TreeseedError:
+        return None
+    return str(value) if isinstance(value, str) else None
+
+
+def _saved_url(url: str, revision: str | None) -> str:
+    """The URL to write: a git URL pinned to the commit it resolved to, others as given."""
+    if revision is None or not url.startswith("git+"):
+        return url
+    return f"{url.split('#', 1)[0]}#{revision}"
