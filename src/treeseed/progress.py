@@ -206,3 +206,161 @@ def _live(summary: Summary) -> Iterator[Events]:
 
     with bars:
         yield Events(started=started, progress=progress, finished=finished, failed_url=failed)
+
+
+class FetchProgress:
+    """The display of one fetch (``treeseed fetch URL``, ``add``, ``zig add``), named after the
+    package it brings.
+
+    Used as a context manager, it yields the ``progress`` callback a fetch takes (None when
+    ``quiet``: ``-q`` or ``--json``, nothing is printed at all). On a terminal a rich bar,
+    labelled with the name, appears once a download passes :attr:`BAR_AT` bytes; when the
+    bytes are all in, the label says the archive is being unpacked and hashed, with the time
+    it has taken so far. Elsewhere (CI logs, pipes) a plain line comes every ``interval``
+    seconds (``TREESEED_PROGRESS_INTERVAL``, default 5) for as long as the work lasts, so a
+    long fetch is never silence until its end; a fetch shorter than that prints nothing.
+
+    The fetcher reports bytes only while it downloads; afterwards it unpacks and hashes
+    without reporting (docs/fetcher-protocol.md has no such line yet), so that phase is
+    recognised by all bytes being in, or by reports having stopped (a live download reports
+    at least every few seconds, even a silent one).
+    """
+
+    BAR_AT = 4 << 20
+    INTERVAL_VARIABLE = "TREESEED_PROGRESS_INTERVAL"
+
+    def __init__(self, name: str, quiet: bool = False, terminal: bool | None = None,
+                 interval: float | None = None, stream=None,  # type: ignore[no-untyped-def]
+                 source: str | None = None) -> None:
+        self.name = name
+        self.source = source or name  # what a stall notice names: the URL being waited for
+        self._told: tuple[int, bool] | None = None  # what the last plain line said
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self._interval = interval
+        self._done = 0
+        self._total: int | None = None
+        self._started = time.monotonic()
+        self._last_report: float | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stalls = StallWatch()
+        self._bar = None
+        self._task = None
+
+    # --------------------------------------------------------------- the context manager
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.quiet:
+            return None
+        self._started = time.monotonic()
+        self._stalls.start(self.source)
+        self._thread = threading.Thread(target=self._tick_loop, name="treeseed-progress",
+                                        daemon=True)
+        self._thread.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._bar is not None:
+            self._bar.stop()
+
+    # --------------------------------------------------------------- reports and ticks
+
+    def update(self, done: int, total: int | None) -> None:
+        """A byte count from the fetch (also repeated while a download waits)."""
+        with self._lock:
+            self._done, self._total = done, total
+            self._last_report = time.monotonic()
+        quiet = self._stalls.update(self.source, done)
+        if quiet is not None:
+            self._say(f"treeseed: {self._stalls.notice(self.source, quiet, done)}")
+        if self.terminal and (self._bar is not None or (total or done) >= self.BAR_AT):
+            self._draw()
+
+    def tick(self) -> None:
+        """What one interval shows: the bar's label on a terminal, a plain line elsewhere.
+
+        A plain line only when there is news (more bytes, or unpacking going on): a download
+        that receives nothing is the stall notice's to report (:class:`StallWatch`).
+        """
+        if self.terminal:
+            if self._bar is not None:
+                self._draw()
+            return
+        with self._lock:
+            done = self._done
+        unpacking = self.unpacking()
+        if (done, unpacking) == self._told and not unpacking:
+            return
+        if done == 0 and not unpacking:
+            return  # not one byte yet: nothing to say that the stall notice will not
+        self._told = (done, unpacking)
+        self._say(f"treeseed: {self.line()}")
+
+    def line(self) -> str:
+        """``fetching NAME: 12.0 MB of 40.0 MB (30%), 6 s`` or, once the bytes are in,
+        ``fetching NAME: 40.0 MB downloaded; unpacking and hashing, 9 s``."""
+        with self._lock:
+            done, total = self._done, self._total
+        took = f"{time.monotonic() - self._started:.0f} s"
+        if self.unpacking():
+            return f"fetching {self.name}: {human(done)} downloaded; unpacking and hashing, {took}"
+        if total:
+            return (f"fetching {self.name}: {human(done)} of {human(total)} "
+                    f"({100 * done // total}%), {took}")
+        return f"fetching {self.name}: {human(done)} so far, {took}"
+
+    def unpacking(self) -> bool:
+        """Whether the download is over and the archive is being unpacked and hashed."""
+        from .sources.http import HEARTBEAT
+
+        with self._lock:
+            done, total, last = self._done, self._total, self._last_report
+        if total is not None and done >= total:
+            return True
+        return last is not None and done > 0 and time.monotonic() - last > 2 * HEARTBEAT
+
+    def interval(self) -> float:
+        if self._interval is None:
+            from .env import env_seconds
+
+            self._interval = env_seconds(self.INTERVAL_VARIABLE, 5.0)
+        return self._interval
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.interval()):
+            self.tick()
+
+    def _say(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _draw(self) -> None:
+        with self._lock:
+            done, total = self._done, self._total
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeElapsedColumn(), transient=True,
+                                 console=Console(file=self.stream))
+            self._bar.start()
+            self._task = self._bar.add_task(f"downloading {self.name}", total=total)
+        label = (f"{self.name}: unpacking and hashing" if self.unpacking()
+                 else f"downloading {self.name}")
+        self._bar.update(self._task, completed=done, total=total, description=label)

@@ -10,7 +10,6 @@ from pathlib import Path
 from ..errors import TreeseedError
 from .common import (
     ALL_FORMATS,
-    DownloadProgress,
     is_offline,
     is_quiet,
     limits_for,
@@ -53,6 +52,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
     p.set_defaults(run=cmd_add, fetches=True)
 
 
+def display(args: argparse.Namespace, name: str | None = None):  # type: ignore[no-untyped-def]
+    """The progress display of one fetch, named after the package (:class:`FetchProgress`);
+    quiet with -q and with --json."""
+    from ..naming import name_from_url
+    from ..progress import FetchProgress
+
+    label = name or (args.url if args.url.startswith("bt2-") else name_from_url(args.url))
+    return FetchProgress(label, quiet=is_quiet(args) or bool(getattr(args, "json", False)),
+                         source=args.url)
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     if args.url is None:
         return cmd_fetch_dependencies(args)
@@ -69,7 +79,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if args.expected:
             result = _fetch_pinned(args)
         else:
-            with DownloadProgress(args) as progress:
+            with display(args) as progress:
                 result = fetch(args.url, open_cache(args), None, args.formats, limits_for(args),
                                progress)
     if args.json:
@@ -93,7 +103,7 @@ def _fetch_pinned(args: argparse.Namespace):
     if not is_bt2(args.expected):
         raise TreeseedError(f"--hash {args.expected!r} is not a treeseed hash (bt2- and 64 hex digits)")
     cache, settings = open_cache(args), settings_for(args)
-    with DownloadProgress(args) as progress:
+    with display(args) as progress:
         try:
             result = obtain(cache, args.expected, [args.url], settings, offline=is_offline(args),
                             progress=progress, limits=limits_for(args))
@@ -117,7 +127,7 @@ def _fetch_by_hash(args: argparse.Namespace):
         raise TreeseedError(f"{args.url} is not in the cache, and with only a hash there is "
                             "nowhere to ask: list a mirror ('treeseed config set mirrors URL') "
                             "or turn the swarm on (--torrent, or 'treeseed config set torrent on')")
-    with DownloadProgress(args) as progress:
+    with display(args) as progress:
         result = obtain(cache, args.url, [], settings, offline=is_offline(args), progress=progress)
     announce_new(cache, result, settings)
     if args.formats:
@@ -143,7 +153,7 @@ def _fetch_by_alias(args: argparse.Namespace, fmt: str, value: str):
     from ..locate import announce_new, obtain_by_alias
 
     cache, settings = open_cache(args), settings_for(args)
-    with DownloadProgress(args) as progress:
+    with display(args) as progress:
         result = obtain_by_alias(cache, fmt, value, settings, offline=is_offline(args),
                                  progress=progress)
     announce_new(cache, result, settings)
@@ -176,7 +186,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from ..deps import find_package
 
     root = find_package(Path.cwd())
-    with DownloadProgress(args) as progress:
+    with display(args) as progress:
         added = add(root, args.url, open_cache(args), settings_for(args), args.name, args.lazy,
                     args.mirrors, is_offline(args), progress)
     if not is_quiet(args):

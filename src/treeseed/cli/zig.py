@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from .common import (
-    DownloadProgress,
     is_offline,
     is_quiet,
     open_cache,
@@ -84,11 +83,12 @@ def cmd_zig_fetch(args: argparse.Namespace) -> int:
 
 def cmd_zig_add(args: argparse.Namespace) -> int:
     from ..interop.zig import detect_version, layout_for, zig_add
+    from .fetch import display
 
     project = Path.cwd()
     version = detect_version() if args.zig_version == "auto" else args.zig_version
     layout = layout_for(version, project, args.global_cache_dir, args.pkg_dir)
-    with DownloadProgress(args) as progress:
+    with display(args) as progress:
         added = zig_add(project, args.url, open_cache(args), layout, settings_for(args),
                         args.name, args.lazy, is_offline(args), progress)
     if args.json:
