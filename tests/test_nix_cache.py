@@ -391,6 +391,16 @@ def test_import_then_a_fresh_store_substitutes_it(tmp_path: Path, env: dict[str,
     got = fresh.substituted("foo-1.0-src", "recursive", nix_hash(tree), added)
     assert snapshot(got) == snapshot(tree)
 
+    # A fetchurl output (a flat file) is imported as an archive, kept byte for byte.
+    archive = tmp_path / "bar-2.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tree, arcname="bar-2.0")
+    flat = first.run("nix-store", "--add-fixed", "sha256", str(archive)).stdout.strip()
+    run_cli("nix", "import", "--share", str(first.real(flat)), cache=cache, env=env)
+    wait_offered(mirror, flat.split("/")[-1][:32])
+    got = fresh.substituted("bar-2.0.tar.gz", "flat", nix_hash(archive, flat=True), flat)
+    assert got.read_bytes() == archive.read_bytes()
+
 
 # --------------------------------------------------------------------------- the swarm
 
@@ -427,8 +437,16 @@ def test_a_swarm_lookup_never_blocks_the_server(tmp_path: Path, nodes,
     store hash waits on a lookup thread; other requests are answered meanwhile, and it ends
     in a plain 404."""
     b = nodes("b", torrent=True, dht=True, dht_bootstrap=[f"127.0.0.1:{free_port()}"])
+    secret = make_tree(tmp_path / "src" / "secret",
+                       {**TREE, "treeseed.toml": b'[package]\nname = "secret"\nprivate = true\n'})
+    run_cli("fetch", str(secret), cache=b.cache, env={"TREESEED_CONFIG": str(b.config)})
+    secret_hash = store_path_hash(from_nix32(nix_hash(secret)))
     mirror = serve(b.cache, {"TREESEED_CONFIG": str(b.config), "TREESEED_SERVE_NIX_LOOKUP_WAIT": "20"})
     unknown = nix32(hashlib.sha256(b"nobody has this").digest()[:20])
+    # Until serve has hashed every package's NAR once, it cannot tell a private package's
+    # path from an unknown one, and asks the swarm for neither.
+    wait_for("the store-path index", lambda: "Nix store paths known for 1 package;"
+             in mirror.logged(), timeout=180)
     answers: list[int] = []
     asking = threading.Thread(target=lambda: answers.append(get(mirror, f"/{unknown}.narinfo").status))
     asking.start()
@@ -436,5 +454,9 @@ def test_a_swarm_lookup_never_blocks_the_server(tmp_path: Path, nodes,
              lambda: f"asking the swarm for /nix/store/{unknown}-source" in mirror.logged())
     assert get(mirror, "/nix-cache-info").status == 200
     assert get(mirror, "/").status == 200
+    # The private package's path is known here: it is never asked of the swarm.
+    assert get(mirror, f"/{secret_hash}.narinfo").status == 404
     asking.join(timeout=300)
     assert answers == [404]
+    assert "asking the swarm" in mirror.logged() and secret_hash not in mirror.logged().replace(
+        f'"GET /{secret_hash}.narinfo HTTP/1.1" 404', "")

@@ -278,7 +278,12 @@ class StorePathIndexer:
         try:
             while not self._stop.is_set():
                 self._pass(cache)
-                self.done_once.set()
+                if not self.done_once.is_set():
+                    self.done_once.set()
+                    n = len(self._seen)
+                    self.log(f"treeseed serve: Nix store paths known for {n} "
+                             f"package{'' if n == 1 else 's'}; narinfos for paths the cache lacks are asked of the "
+                             "swarm from now on (when torrenting and the DHT are on)")
                 self._wake.wait(self.INTERVAL)
                 self._wake.clear()
         finally:
