@@ -97,23 +97,28 @@ class Offer:
         return f"nar/sha256-{self.archive}.nar" if self.archive else f"nar/{self.package}.nar"
 
 
-def offers(cache: Cache, store_hash: str) -> list[Offer]:
-    """Every path the index records for ``store_hash`` whose package is still in the cache and
-    whose store path follows from the hashes the index holds; publicness is the caller's to
-    decide. ``store_hash`` must already be valid (:func:`~treeseed.hashing.nar.is_store_hash`)."""
+def offers(cache: Cache, store_hash: str, public: Callable[[str], bool]) -> tuple[list[Offer], bool]:
+    """The paths the index records for ``store_hash`` whose package is ``public``, still in
+    the cache, and whose store path follows from the hashes the index holds; and whether the
+    index knows ``store_hash`` at all (then the swarm is not asked). Rows of packages that may
+    not be published are dropped by a set lookup before anything else is read, so such a path
+    costs what an unknown one does. ``store_hash`` must be valid
+    (:func:`~treeseed.hashing.nar.is_store_hash`)."""
     if not (cache.root / "index.sqlite").exists():
-        return []
+        return [], False
     rows = cache.db.execute(
         "SELECT format, value, hash FROM aliases WHERE (format = ? AND value = ?)"
         " OR (format IN (?, ?) AND value > ? AND value < ?)",
         (NIX_STORE, store_hash, NIX_PATH, NIX_FLAT, f"{store_hash}-", f"{store_hash}.")).fetchall()
     found = []
     for fmt, value, package in rows:
+        if not public(package):
+            continue
         name = SOURCE if fmt == NIX_STORE else value[len(store_hash) + 1:]
         offer = _checked(cache, fmt, store_hash, name, package)
         if offer is not None:
             found.append(offer)
-    return found
+    return found, bool(rows)
 
 
 def _checked(cache: Cache, fmt: str, store_hash: str, name: str, package: str) -> Offer | None:
@@ -459,21 +464,19 @@ class NixCache:
         through a non-public package is never asked of the swarm."""
         if self.key is None or not is_store_hash(store_hash):
             return None
-        known = offers(cache, store_hash)
-        answer = self._answer(cache, known)
+        found, known = offers(cache, store_hash, self.public)
+        answer = self._answer(cache, found)
         if answer is not None or known or self.lookups is None:
             return answer
         if not self.indexer.done_once.is_set():  # cannot yet tell private from unknown
             return None
         if self.lookups.find(store_hash):
-            return self._answer(cache, offers(cache, store_hash))
+            return self._answer(cache, offers(cache, store_hash, self.public)[0])
         return None
 
-    def _answer(self, cache: Cache, known: list[Offer]) -> bytes | None:
+    def _answer(self, cache: Cache, found: list[Offer]) -> bytes | None:
         assert self.key is not None
-        for offer in known:
-            if not self.public(offer.package):
-                continue
+        for offer in found:
             described = self._describe(cache, offer)
             if described is not None:
                 return narinfo(offer, *described, self.key)
