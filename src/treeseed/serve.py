@@ -454,9 +454,9 @@ def _nix_cache(cache_root: Path, privacy: Privacy, public: Callable[[str], bool]
     except TreeseedError as exc:
         log(f"treeseed serve: Nix binary cache off: {exc}")
         key = None
-    indexer = StorePathIndexer(cache_root, log)
-    lookups = StoreLookups(cache_root, privacy.settings, log, lookup_wait,
-                           on_found=lambda _: indexer.wake())
+    lookups = StoreLookups(cache_root, privacy.settings, log, lookup_wait)
+    indexer = StorePathIndexer(cache_root, log, lookups.enabled)
+    lookups.on_found = lambda _: indexer.wake()
     return NixCache(cache_root, public, key, lookups, indexer)
 
 

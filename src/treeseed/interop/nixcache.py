@@ -254,14 +254,17 @@ class StorePathIndexer:
     fetch --format nar`` would), checks it against the ``nar`` alias if the index has one, and
     records both. Private packages are indexed too: then a request for a private package's
     path is known here, and is never passed on to the swarm (:attr:`done_once` says when
-    the first pass is over, before which nothing is asked of the swarm).
+    the first pass is over, before which nothing is asked of the swarm; the log says so too
+    when swarm lookups are on, ``lookups_on``).
     """
 
     INTERVAL = 2.0
 
-    def __init__(self, cache_root: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, cache_root: Path, log: Callable[[str], None],
+                 lookups_on: Callable[[], bool] = lambda: False) -> None:
         self.cache_root = cache_root
         self.log = log
+        self.lookups_on = lookups_on
         self.done_once = threading.Event()
         self._seen: set[str] = set()
         self._stop = threading.Event()
@@ -284,15 +287,21 @@ class StorePathIndexer:
             while not self._stop.is_set():
                 self._pass(cache)
                 if not self.done_once.is_set():
-                    self.done_once.set()
-                    n = len(self._seen)
-                    self.log(f"treeseed serve: Nix store paths known for {n} "
-                             f"package{'' if n == 1 else 's'}; narinfos for paths the cache lacks are asked of the "
-                             "swarm from now on (when torrenting and the DHT are on)")
+                    self._first_pass_done()
                 self._wake.wait(self.INTERVAL)
                 self._wake.clear()
         finally:
             cache.close()
+
+    def _first_pass_done(self) -> None:
+        """From now on a path the index lacks is unknown, not private: the swarm may be asked.
+        Said in the log only when it changes something (swarm lookups are on)."""
+        self.done_once.set()
+        if self.lookups_on():
+            n = len(self._seen)
+            self.log(f"treeseed serve: Nix store paths known for {n} package"
+                     f"{'' if n == 1 else 's'}; narinfos for paths the cache lacks are asked of "
+                     "the swarm from now on")
 
     def _pass(self, cache: Cache) -> None:
         try:
