@@ -40,27 +40,22 @@ def fingerprint(name: str) -> str:
     return f"0x{zlib.crc32(name.encode()) << 32 | 0x5EED0002:x}"
 
 
-def zig(*args: str, cwd: Path):  # type: ignore[no-untyped-def]
+def zig(*args: str, cwd: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     import os
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "ziglang", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, check=False, env=dict(os.environ))
+                          text=True, timeout=600, check=False, env={**os.environ, **(env or {})})
 
 
 def zig_fetch_hash(tmp_path: Path, archive: bytes, filename: str) -> str:
     """What the real ``zig fetch`` prints for ``archive``, in a scratch Zig cache."""
-    import os
-
     path = tmp_path / "oracle" / filename
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(archive)
-    os.environ["ZIG_GLOBAL_CACHE_DIR"], old = str(tmp_path / "oracle-cache"), os.environ["ZIG_GLOBAL_CACHE_DIR"]
-    try:
-        proc = zig("fetch", str(path), cwd=path.parent)
-    finally:
-        os.environ["ZIG_GLOBAL_CACHE_DIR"] = old
+    proc = zig("fetch", str(path), cwd=path.parent,
+               env={"ZIG_GLOBAL_CACHE_DIR": str(tmp_path / "oracle-cache")})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
