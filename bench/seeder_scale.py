@@ -10,9 +10,10 @@ https source, so the index marks it as from the network and the seeder publishes
 is downloaded: a fetch of N local trees would only add N fetcher processes to the build.)
 
 Then it starts ``treeseed seed`` on that cache in the foreground, loopback only: listening on
-127.0.0.1, LSD and UPnP off, seed_delay 0, and a DHT whose only node is a router session in
-this process on 127.0.0.1 (no public bootstrap node). Its ``seed/`` directory is removed first,
-so every run is a cold start. Measured:
+127.0.0.1, LSD and UPnP off, seed_delay 0, and a DHT of ``--dht-nodes`` (default 16)
+libtorrent sessions in this process on 127.0.0.1 (no public bootstrap node), so the seeder's
+routing table fills and its announces and alias puts really go out. Its ``seed/`` directory
+is removed first, so every run is a cold start. Measured:
 
 start s       from the process's start to its first status answer over the socket, which
               comes after every package was added (the status lists all N)
@@ -20,9 +21,14 @@ CPU %         utime + stime from /proc/<pid>/stat over the idle window, in % of 
 RSS MB        VmRSS at the end of the window
 status s      median of 5 ``GET /status.json`` on the status page (and the socket's status)
 resume writes files under seed/resume/ written during the window
-DHT ann./min  announces the router received during the window, per minute; libtorrent's
-              dht_announce_interval is 900 s, so an even spread is N/15 per minute; "peak"
-              is the busiest 10 s of the window scaled to a minute, "distinct" the packages.
+DHT ann./min  packages announced during the window, per minute (a package announced to
+              several DHT nodes counts once); libtorrent's dht_announce_interval is 900 s, so
+              an even spread is N/15 per minute; "peak" is the busiest 10 s scaled to a minute
+DHT counters  from the seeder's own status (libtorrent's session counters): announce_peer
+              and put messages sent per minute, alias items put per minute, DHT bytes sent
+              per second, and requests of other nodes it dropped for want of
+              dht_upload_rate_limit quota (libtorrent never holds back its own messages; once
+              they use up the quota it stops answering others)
 
 ``--before REV`` also runs the seeder of git revision REV (``git archive`` of ``src/`` into
 a temp dir, first on PYTHONPATH) on the same caches, for a before/after table.
@@ -125,18 +131,18 @@ def free_port() -> int:
 
 
 class Router:
-    """A DHT node on 127.0.0.1, the seeder's only bootstrap node, recording each announce it
-    receives. The seeder's routing table stays empty (a bootstrap node is not added to it),
-    so what reaches this node is the announces the seeder forces itself (its first
-    announce of each package) and the lookups libtorrent's own round robin sends to it."""
+    """A DHT of ``count`` nodes on 127.0.0.1, all bootstrapped from the first, recording each
+    announce they receive. With more than one node the seeder's routing table fills (a
+    bootstrap node alone is never added to it), so its announces and puts really go out."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = 16) -> None:
         import libtorrent as lt
 
         self.lt = lt
-        port = free_port()
-        self.nodes = [f"127.0.0.1:{port}"]
-        self.sessions = [self._session(port, "")]
+        ports = [free_port() for _ in range(count)]
+        self.nodes = [f"127.0.0.1:{port}" for port in ports]
+        self.sessions = [self._session(port, self.nodes[0] if i else "")
+                         for i, port in enumerate(ports)]
         self.announces: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -150,7 +156,7 @@ class Router:
             "enable_natpmp": False, "enable_incoming_utp": False, "enable_outgoing_utp": False,
             "dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
             "dht_prefer_verified_node_ids": False, "dht_max_torrents": 100_000,
-            "dht_upload_rate_limit": 1 << 20,
+            "dht_upload_rate_limit": 1 << 20, "dht_block_ratelimit": 1 << 20,
             "alert_queue_size": 1 << 18, "alert_mask": lt.alert.category_t.dht_notification})
 
     def _run(self) -> None:
@@ -163,7 +169,17 @@ class Router:
                         self.announces.append((now, str(alert.info_hash)))
 
     def between(self, t0: float, t1: float) -> list[tuple[float, str]]:
-        return [a for a in self.announces if t0 <= a[0] < t1]
+        """Each package's announces in [t0, t1), once: an announce reaches up to 8 nodes,
+        so what several nodes receive within 60 s of the first is the same announce."""
+        first: dict[str, float] = {}
+        out = []
+        for t, h in sorted(self.announces):
+            if h in first and t - first[h] < 60:
+                continue
+            first[h] = t
+            if t0 <= t < t1:
+                out.append((t, h))
+        return out
 
     def close(self) -> None:
         self._stop.set()
@@ -219,14 +235,15 @@ def resume_mtimes(cache: Path) -> dict[str, int]:
     return out
 
 
-def run(cache: Path, n: int, window: float, router: Router, pythonpath: str | None) -> dict:
+def run(cache: Path, n: int, window: float, router: Router, pythonpath: str | None,
+        steady: bool = False) -> dict:
     shutil.rmtree(cache / "seed", ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix="seeder-scale-"))
     settings = tmp / "settings.toml"
     settings.write_text(
         "torrent = true\nlsd = false\nupnp = false\nseed_delay = 0\n"
         f'listen = "127.0.0.1:{free_port()}"\ndht = true\n'
-        f"dht_bootstrap = {json.dumps(router.nodes)}\n")
+        f"dht_bootstrap = {json.dumps(router.nodes[:1])}\n")  # the others are found through it: a bootstrap node never enters the routing table
     env = {**os.environ, "TREESEED_CONFIG": str(settings), "HOME": str(tmp)}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
@@ -245,10 +262,24 @@ def run(cache: Path, n: int, window: float, router: Router, pythonpath: str | No
         start = time.monotonic() - t0
         seeding = first["seeding"]
         time.sleep(3)  # let the start-up's last work settle before the window
+        first_phase = 0.0
+        while steady:  # until every package's first announce is made: the steady state
+            left = (socket_status(cache) or {}).get("dht", {}).get("first_announces_left", 0)
+            if not left or proc.poll() is not None:
+                first_phase = time.monotonic() - t0
+                break
+            time.sleep(5)
         resume_before = resume_mtimes(cache)
+        dht0 = (socket_status(cache) or {}).get("dht", {})
         c0, w0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(window)
         c1, w1 = cpu_seconds(proc.pid), time.monotonic()
+        last = socket_status(cache) or {}
+        dht1 = last.get("dht", {})
+        per_min = 60 / (w1 - w0)
+
+        def delta(key: str) -> float:
+            return float(dht1.get(key, 0) - dht0.get(key, 0))
         rss = rss_mb(proc.pid)
         resume_after = resume_mtimes(cache)
         writes = sum(1 for k, v in resume_after.items() if resume_before.get(k) != v)
@@ -277,6 +308,14 @@ def run(cache: Path, n: int, window: float, router: Router, pythonpath: str | No
             "announce_min": len(announces) * 60 / (w1 - w0),
             "announce_peak": max(per_slice.values(), default=0) * 6,
             "announce_distinct": len({h for _, h in announces}), "announce_first_10s": burst,
+            "dht_nodes": last.get("dht_nodes", 0),
+            "announce_msgs_min": delta("announce_peer_out") * per_min,
+            "put_msgs_min": delta("put_out") * per_min,
+            "alias_puts_min": delta("alias_puts") * per_min,
+            "dht_kb_s": delta("bytes_out") / (w1 - w0) / 1000,
+            "dht_dropped": delta("messages_in_dropped"),
+            "dht_limit_kb_s": dht1.get("upload_rate_limit", 0) / 1000,
+            "first_phase": first_phase,
         }
     finally:
         proc.terminate()
@@ -298,22 +337,33 @@ def targets(n: int) -> dict[str, str]:
             "status_socket": "< 0.5 s", "resume_writes": "0",
             "announce_min": f"~{n * 60 / ANNOUNCE_INTERVAL:.0f} (N/15)",
             "announce_peak": f"~{n * 60 / ANNOUNCE_INTERVAL:.0f}",
-            "announce_first_10s": f"<= {max(4, -(-n // ANNOUNCE_INTERVAL)) * 10}"}
+            "announce_first_10s": f"<= {max(4, -(-n // ANNOUNCE_INTERVAL)) * 10}",
+            "alias_puts_min": f"~{min(600, n * 5 / 100):.0f}-{min(600, n * 6 / 100):.0f}",
+            "dht_dropped": "0"}
 
 
-ROWS = [("start", "start-up to first status, s", "{:.2f}"), ("cpu", "idle CPU, % of a core", "{:.2f}"),
+ROWS = [("start", "start-up to first status, s", "{:.2f}"), ("dht_nodes", "DHT nodes known", "{}"), ("cpu", "idle CPU, % of a core", "{:.2f}"),
         ("rss", "RSS, MB", "{:.0f}"), ("status_http", "status page (HTTP), s", "{:.3f}"),
         ("status_socket", "status (socket), s", "{:.3f}"),
         ("resume_writes", "resume files written in window", "{}"),
         ("announce_min", "DHT announces / min", "{:.0f}"),
         ("announce_peak", "busiest 10 s, as / min", "{:.0f}"),
         ("announce_distinct", "distinct packages announced", "{}"),
-        ("announce_first_10s", "announces in the first 10 s", "{}")]
+        ("announce_first_10s", "announces in the first 10 s", "{}"),
+        ("announce_msgs_min", "announce_peer messages / min", "{:.0f}"),
+        ("put_msgs_min", "put messages / min", "{:.0f}"),
+        ("alias_puts_min", "alias items put / min", "{:.0f}"),
+        ("dht_kb_s", "DHT sent, kB/s", "{:.1f}"),
+        ("dht_limit_kb_s", "dht_upload_rate_limit, kB/s", "{:.0f}"),
+        ("dht_dropped", "others' requests dropped", "{:.0f}")]
 
 
 def print_table(results: dict[tuple[str, int], dict], ns: list[int], labels: list[str],
-                window: float) -> None:
-    print(f"\nidle window {window:.0f} s; DHT: one router on 127.0.0.1; cold start (no seed/ dir)")
+                window: float, dht_nodes: int, steady: bool) -> None:
+    phase = ("after every first announce (steady state)" if steady
+             else "from 3 s after start-up (first announces under way: the busiest phase)")
+    print(f"\nidle window {window:.0f} s, {phase}; DHT: {dht_nodes} nodes on 127.0.0.1; "
+          "cold start (no seed/ dir)")
     for n in ns:
         print(f"\nN = {n}")
         header = f"  {'':34}{'target':>14}" + "".join(f"{label:>12}" for label in labels)
@@ -337,6 +387,11 @@ def main() -> None:
     ap.add_argument("--packages", default="1000,10000")
     ap.add_argument("--window", type=float, default=60.0, help="idle window, seconds")
     ap.add_argument("--before", metavar="REV", help="also run the seeder of this git revision")
+    ap.add_argument("--dht-nodes", type=int, default=16, help="nodes of the loopback DHT")
+    ap.add_argument("--steady", action="store_true",
+                    help="start the window once every package's first announce is made (at "
+                         "N/900 per second, at least 4: 4 min for 1,000, 14 min for 10,000); "
+                         "by default it starts at once, in the busiest phase")
     args = ap.parse_args()
     ns = [int(x) for x in args.packages.split(",")]
     runs: list[tuple[str, str | None]] = []
@@ -348,20 +403,21 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         runs.append((f"before {args.before}"[:11], str(old / "src")))
     runs.append(("now", str(ROOT / "src")))
-    router = Router()
+    router = Router(args.dht_nodes)
     results: dict[tuple[str, int], dict] = {}
     try:
         for n in ns:
             cache = build_cache(n)
             for label, path in runs:
                 print(f"N = {n}, {label}: running ({args.window:.0f} s idle window)", flush=True)
-                results[(label, n)] = run(cache, n, args.window, router, path)
+                results[(label, n)] = run(cache, n, args.window, router, path, args.steady)
                 print("  " + json.dumps(results[(label, n)]), flush=True)
     finally:
         router.close()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    print_table(results, ns, [label for label, _ in runs], args.window)
+    print_table(results, ns, [label for label, _ in runs], args.window, args.dht_nodes,
+                args.steady)
 
 
 if __name__ == "__main__":

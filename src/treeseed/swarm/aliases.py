@@ -66,6 +66,10 @@ REPUBLISH = 100 * 60
 MAX_PUTS_PER_SECOND = 10.0
 MIN_PUTS_PER_SECOND = 0.5
 BURST = 8
+#: Items a package whose aliases are not hashed yet is counted as (zig twice, nar, git,
+#: nix-store): a cold cache's first round then goes at the rate its items need, not at the
+#: floor while most packages still count as one.
+ITEMS_GUESS = 5
 #: Outer bounds of one lookup and one put (a put is a DHT traversal and then the stores).
 GET_TIMEOUT = 30.0
 PUT_TIMEOUT = 60.0
@@ -304,7 +308,7 @@ class AliasPublisher:
     def rate(self) -> float:
         """Puts per second that spread every item evenly over :data:`REPUBLISH`."""
         with self._lock:
-            items = sum(max(1, len(v)) for v in self._items.values())
+            items = sum(len(v) or ITEMS_GUESS for v in self._items.values())
         return min(MAX_PUTS_PER_SECOND, max(MIN_PUTS_PER_SECOND, items / REPUBLISH))
 
     def _run(self) -> None:

@@ -94,6 +94,7 @@ class Seeder:
         self._updates = 0  # state_update_alerts handled
         self._resume_answers = 0  # save_resume_data answers (saved or not modified)
         self._p_mtime: int | None = None  # p/'s mtime at the last full scan
+        self._rates = _Rates()
         self._last_scan = 0.0
 
     # ------------------------------------------------------------------ lifetime
@@ -148,6 +149,7 @@ class Seeder:
         while not self.stopping.wait(SCAN_INTERVAL):
             self._maybe_announce()
             self.swarm.announce_some()
+            self.swarm.fit_dht_budget()
             self.scan()
             self.record_stats()
             if time.monotonic() - last_save > SAVE_INTERVAL:
@@ -429,7 +431,8 @@ class Seeder:
     def status(self) -> dict[str, Any]:
         """Everything the status page and `treeseed seed status` show."""
         assert self.swarm is not None and self.stats is not None
-        session = self.swarm.session.status()
+        counters = self.swarm.counters()
+        upload_rate, download_rate = self._rates.update(counters)
         self.refresh(timeout=0.5)  # the statuses that changed since the last tick
         with self.swarm.lock:
             handles = dict(self.swarm.seeding)
@@ -468,11 +471,25 @@ class Seeder:
         return {
             "pid": os.getpid(), "cache": str(self.cache.root), "started": self.start_time,
             "listen_port": self.swarm.listen_port(), "announcing": self.swarm.announcing,
-            "dht_nodes": session.dht_nodes, "peers": session.num_peers,
-            "upload_rate": session.upload_rate, "download_rate": session.download_rate,
+            "dht_nodes": counters.get("dht.dht_nodes", 0),
+            "peers": counters.get("peer.num_peers_connected", 0),
+            "upload_rate": upload_rate, "download_rate": download_rate,
+            "dht": self._dht_counters(counters),
             "packages": packages, "seeding": len(packages), "cache_bytes": size_total,
             "skipped_private": len(self._private),
         }
+
+    def _dht_counters(self, counters: dict[str, int]) -> dict[str, int]:
+        """The DHT's work since the seeder started, for the status page and
+        bench/seeder_scale.py: messages each kind sent, bytes, requests of others dropped for
+        want of ``dht_upload_rate_limit`` quota, and the alias items put."""
+        names = ("dht_announce_peer_out", "dht_get_peers_out", "dht_put_out", "dht_get_out",
+                 "dht_messages_out", "dht_bytes_out", "dht_messages_in", "dht_messages_in_dropped")
+        out = {name[4:]: counters.get(f"dht.{name}", 0) for name in names}
+        out["alias_puts"] = self.aliases.puts if self.aliases is not None else 0
+        out["first_announces_left"] = self.swarm.first_announces_left if self.swarm else 0
+        out["upload_rate_limit"] = self.swarm.fit_dht_budget() if self.swarm else 0
+        return out
 
     def _serve_socket(self) -> None:
         path = socket_path(self.cache)
@@ -562,6 +579,27 @@ class Seeder:
         from .status import serve_status
 
         self._status_server, self.status_url = serve_status(self, self.status_bind)
+
+
+class _Rates:
+    """Bytes per second sent and received, from libtorrent's cumulative ``net.sent_bytes`` and
+    ``net.recv_bytes`` counters: the change since the previous sample at least a second old
+    (status() is asked for by the socket and the status page, often in quick succession)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int, int] | None = None
+        self._rates = (0, 0)
+
+    def update(self, counters: dict[str, int]) -> tuple[int, int]:
+        now = time.monotonic()
+        sent, received = counters.get("net.sent_bytes", 0), counters.get("net.recv_bytes", 0)
+        if self._last is None:
+            self._last = (now, sent, received)
+        elif now - self._last[0] >= 1.0:
+            t, s, r = self._last
+            self._rates = (int((sent - s) / (now - t)), int((received - r) / (now - t)))
+            self._last = (now, sent, received)
+        return self._rates
 
 
 class _TorrentStatus(NamedTuple):

@@ -49,6 +49,16 @@ _POLL = 0.1
 DHT_ANNOUNCE_INTERVAL = 900
 #: First announces per :meth:`Swarm.announce_some` call (per second in the seeder), at least.
 ANNOUNCE_PACE = 4
+#: ``dht_upload_rate_limit`` of a seeder: libtorrent's default (8,000 bytes/s) is the budget for
+#: answering other nodes; each seeded package adds its share of our own DHT traffic (its
+#: announce every 15 minutes and its alias puts every 100: bench/seeder_scale.py measures
+#: it). libtorrent never holds back our own messages; past the limit it stops answering
+#: others, which makes them drop us from their routing tables.
+DHT_BASE_BYTES_PER_SECOND = 8_000
+DHT_BYTES_PER_SECOND_PER_PACKAGE = 12
+#: ``dht_block_ratelimit`` (packets per second one IP may send before libtorrent drops it for
+#: a while) when every DHT node is on loopback: they all share one IP there.
+LOOPBACK_DHT_PACKETS_PER_IP = 10_000
 
 
 def _lt():  # imported on first use: most treeseed commands never touch the swarm
@@ -84,6 +94,7 @@ def session_settings(settings: Settings) -> dict:
         "alert_mask": alerts.status_notification | alerts.error_notification
         | alerts.storage_notification | alerts.peer_notification,
         "dht_announce_interval": DHT_ANNOUNCE_INTERVAL,
+        "dht_upload_rate_limit": DHT_BASE_BYTES_PER_SECOND,  # a seeder raises it (fit_dht_budget)
         "hashing_threads": max(2, os.cpu_count() or 2),
         "send_buffer_watermark": 4 << 20,
         "max_queued_disk_bytes": 16 << 20,
@@ -94,6 +105,10 @@ def session_settings(settings: Settings) -> dict:
     if local_dht:
         pack.update({"dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
                      "dht_prefer_verified_node_ids": False})
+    if local_dht and all(_is_loopback(n) for n in settings.dht_bootstrap):
+        # Every node of a loopback DHT shares 127.0.0.1, so libtorrent's per-IP flood guard
+        # (5 packets/s) would drop the answers to our own queries and the DHT never forms.
+        pack["dht_block_ratelimit"] = LOOPBACK_DHT_PACKETS_PER_IP
     return pack
 
 
@@ -167,6 +182,11 @@ class Swarm:
         self._alert_lock = threading.Lock()
         self.on_alert: Callable[[object], None] | None = None
         self._flushed: set[str] = set()
+        #: libtorrent's session counters as the last session_stats_alert gave them, and how
+        #: many such alerts were handled (:meth:`counters`).
+        self._counters: dict[str, int] = {}
+        self._counters_seen = 0
+        self._dht_budget = DHT_BASE_BYTES_PER_SECOND  # dht_upload_rate_limit (fit_dht_budget)
 
     # ------------------------------------------------------------------ seeding
 
@@ -276,6 +296,21 @@ class Swarm:
     def announcing(self) -> bool:
         return self._announced
 
+    @property
+    def first_announces_left(self) -> int:
+        """Packages whose first announce :meth:`announce_some` has still to make."""
+        return len(self._to_announce)
+
+    def fit_dht_budget(self) -> int:
+        """Set ``dht_upload_rate_limit`` for the packages seeded now (see
+        :data:`DHT_BYTES_PER_SECOND_PER_PACKAGE`); applied only when it changed by a tenth or
+        more, so a seeder's tick costs nothing here. Returns the limit in force."""
+        wanted = DHT_BASE_BYTES_PER_SECOND + DHT_BYTES_PER_SECOND_PER_PACKAGE * len(self.seeding)
+        if abs(wanted - self._dht_budget) * 10 >= self._dht_budget:
+            self.session.apply_settings({"dht_upload_rate_limit": wanted})
+            self._dht_budget = wanted
+        return self._dht_budget
+
     def _connect_static_peers(self, handle: lt.torrent_handle) -> None:
         for peer in self.settings.peers:
             try:
@@ -356,6 +391,21 @@ class Swarm:
             time.sleep(0.01)
         return False
 
+    def counters(self, timeout: float = 5.0) -> dict[str, int]:
+        """libtorrent's session counters (``dht.dht_nodes``, ``dht.dht_bytes_out``,
+        ``net.sent_bytes``, ...: ``lt.session_stats_metrics()``), fresh: asked for with
+        post_session_stats and answered by an alert that :meth:`handle_alerts` keeps, whichever
+        thread pops it. This replaces the deprecated ``session.status()``. If the answer takes
+        longer than ``timeout`` (a session closing), the last counters known."""
+        seen = self._counters_seen
+        self.session.post_session_stats()
+        deadline = time.monotonic() + timeout
+        while self._counters_seen == seen and time.monotonic() < deadline:
+            self.handle_alerts()
+            if self._counters_seen == seen:
+                self.session.wait_for_alert(20)
+        return self._counters
+
     def handle_alerts(self) -> None:
         """Pop the session's alerts and handle each at once: note flushed caches and hand
         every alert to ``on_alert``. Never keep an alert: the next pop frees it (reading a kept
@@ -363,7 +413,10 @@ class Swarm:
         lt = _lt()
         with self._alert_lock:
             for alert in self.session.pop_alerts():
-                if isinstance(alert, lt.cache_flushed_alert):
+                if isinstance(alert, lt.session_stats_alert):
+                    self._counters = dict(alert.values)
+                    self._counters_seen += 1
+                elif isinstance(alert, lt.cache_flushed_alert):
                     with contextlib.suppress(RuntimeError):  # its torrent is gone meanwhile
                         self._flushed.add(str(alert.handle.info_hashes().v2))
                 if self.on_alert is not None:
@@ -385,7 +438,7 @@ class Swarm:
                 raise FetchError(f"swarm download of {package_hash} failed: {st.errc.message()}")
             if st.is_seeding or (st.has_metadata and st.is_finished and st.total_wanted_done == st.total_wanted):
                 return
-            if not announced and self.settings.dht and self.session.status().dht_nodes > 0:
+            if not announced and self.settings.dht and self.counters(1.0).get("dht.dht_nodes", 0):
                 handle.force_dht_announce()
                 announced = True
             done = st.total_wanted_done if st.has_metadata else 0
