@@ -1,7 +1,7 @@
 """Tree hashes in every format treeseed speaks, computed in one read of each file.
 
 Formats are named ``bt2`` (the package hash, :mod:`.bt2`), ``zig`` (:mod:`.zig`), ``nar``
-(:mod:`.nar`), ``git`` and ``swhid`` (:mod:`.gittree`). Each format is a :class:`TreeFormat`
+(:mod:`.nar`), ``git`` and ``swhid`` (:mod:`.gittree`), ``ipfs`` (a UnixFS CID, :mod:`.ipfs`). Each format is a :class:`TreeFormat`
 made for one tree; formats that hash file by file hand out a per-file hasher, and
 :func:`hash_tree` streams every regular file exactly once through all of them (one thread:
 measured faster than two, see :func:`hash_files`). A format whose digest is one ordered stream
@@ -25,7 +25,7 @@ from ..package import Entry
 from . import bt2
 
 #: Every tree format, in the order ``treeseed hash --json`` prints them.
-TREE_FORMATS = ("bt2", "zig", "nar", "git", "swhid")
+TREE_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "ipfs")
 #: What ``--format`` accepts: the tree formats plus the digest of an archive's raw bytes.
 ALL_FORMATS = TREE_FORMATS + ("archive-sha256",)
 
@@ -83,6 +83,10 @@ def make_format(name: str, root: Path, source: str = "") -> TreeFormat:
         from .gittree import GitTreeFormat
 
         return GitTreeFormat(root, source, swhid=name == "swhid")
+    if name == "ipfs":
+        from .ipfs import IpfsFormat
+
+        return IpfsFormat(root, source)
     raise TreeseedError(f"unknown hash format {name!r}; known: {', '.join(ALL_FORMATS)}")
 
 
