@@ -52,3 +52,40 @@ def test_idle_seeder_rewrites_no_resume_data(tmp_path: Path, nodes,
         seeder.stop()
         seeder.shutdown()
         cache.close()
+
+
+def test_dht_upload_budget_follows_the_packages_seeded(tmp_path: Path, nodes,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """libtorrent stops answering other DHT nodes once its own messages use up
+    dht_upload_rate_limit; the seeder's own traffic grows with its packages, so does the limit,
+    and the status shows the one libtorrent has."""
+    from treeseed.config import settings
+    from treeseed.swarm.client import notify_added
+    from treeseed.swarm.seeder import Seeder
+    from treeseed.swarm.session import (
+        DHT_BASE_BYTES_PER_SECOND,
+        DHT_BYTES_PER_SECOND_PER_PACKAGE,
+    )
+
+    a = nodes("a")
+    first = [a.install(small_tree(tmp_path / f"src-{i}", f"budget-{i}")) for i in range(2)]
+    monkeypatch.setenv("TREESEED_CONFIG", str(a.config))
+    cache = Cache(a.cache)
+    seeder = Seeder(cache, settings())
+    seeder.start()
+    try:
+        assert seeder.swarm is not None
+
+        def limits() -> tuple[int, int]:
+            shown = seeder.status()["dht"]["upload_rate_limit"]
+            return shown, seeder.swarm.session.get_settings()["dht_upload_rate_limit"]
+
+        assert limits() == (DHT_BASE_BYTES_PER_SECOND + 2 * DHT_BYTES_PER_SECOND_PER_PACKAGE,) * 2
+        later = a.install(small_tree(tmp_path / "src-later", "budget-later"))
+        notify_added(cache, later)  # what a fetch does: the seeder rereads sharing, adds it
+        assert limits() == (DHT_BASE_BYTES_PER_SECOND + 3 * DHT_BYTES_PER_SECOND_PER_PACKAGE,) * 2
+        assert set(seeder.swarm.seeding) == {*first, later}
+    finally:
+        seeder.stop()
+        seeder.shutdown()
+        cache.close()

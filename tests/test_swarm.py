@@ -330,6 +330,12 @@ def test_session_settings_relax_dht_protections_only_for_local_bootstrap_nodes()
                                                                   False, False, 5000)
     assert got["enable_outgoing_utp"] is False  # loopback: TCP only
     assert pack(listen="0.0.0.0:6881")["enable_outgoing_utp"] is True
+    # All on one IP, a loopback DHT would trip libtorrent's per-IP flood guard; a LAN would not.
+    loopback = pack(dht_bootstrap=["127.0.0.1:6881", "[::1]:6882"])
+    assert loopback["dht_block_ratelimit"] >= 1000
+    for other in (["192.168.1.20:6881"], ["127.0.0.1:6881", "10.0.0.1:1"], PUBLIC_DHT_BOOTSTRAP):
+        assert "dht_block_ratelimit" not in pack(dht_bootstrap=other), other
+    assert got["dht_upload_rate_limit"] == 8000  # a seeder raises it with its packages
 
 
 # =========================================================================== 3. opentracker

@@ -303,10 +303,10 @@ class Swarm:
 
     def fit_dht_budget(self) -> int:
         """Set ``dht_upload_rate_limit`` for the packages seeded now (see
-        :data:`DHT_BYTES_PER_SECOND_PER_PACKAGE`); applied only when it changed by a tenth or
-        more, so a seeder's tick costs nothing here. Returns the limit in force."""
+        :data:`DHT_BYTES_PER_SECOND_PER_PACKAGE`); applied only when that number changed, so
+        a seeder's tick costs nothing here. Returns the limit in force."""
         wanted = DHT_BASE_BYTES_PER_SECOND + DHT_BYTES_PER_SECOND_PER_PACKAGE * len(self.seeding)
-        if abs(wanted - self._dht_budget) * 10 >= self._dht_budget:
+        if wanted != self._dht_budget:
             self.session.apply_settings({"dht_upload_rate_limit": wanted})
             self._dht_budget = wanted
         return self._dht_budget
