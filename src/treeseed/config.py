@@ -125,6 +125,12 @@ def _mirror(text: str) -> str:
     return text
 
 
+def _gateway(text: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(?:/\S*)?", text):
+        raise ValueError(f"{text!r} is not an http:// or https:// gateway URL")
+    return text.rstrip("/")
+
+
 def _package_ref(text: str) -> str:
     text = text.strip()
     if not text or any(c.isspace() for c in text) or (text.startswith("bt2-") and not is_bt2(text)):
@@ -224,6 +230,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("seed_delay", SECONDS, 30, "seconds an idle seeder waits before announcing"),
     Key("mirrors", _list_kind("URL list", _mirror), [],
         "content-addressed mirrors (treeseed serve), tried before origin URLs"),
+    Key("ipfs_gateways", _list_kind("URL list", _gateway), ["https://trustless-gateway.link"],
+        "trustless IPFS gateways ipfs:// sources are fetched from, in order"),
     Key("private", _list_kind("names or hashes", _package_ref), [],
         "packages never announced, seeded, served or looked up in the swarm"),
     Key("share", _list_kind("names or hashes", _package_ref), [],

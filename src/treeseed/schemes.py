@@ -47,13 +47,15 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("http", True, "http"),
     Scheme("git+https", True, "git"),
     Scheme("git+http", True, "git"),
+    Scheme("ipfs", True, "ipfs"),
     Scheme("file", False, "local"),
     Scheme("git+file", False, "git"),
     Scheme("path", False, "local"),
 )}
 
 #: What error messages list as supported.
-SUPPORTED = "http://, https://, git+https://, git+http://, file://, git+file:// and local paths"
+SUPPORTED = ("http://, https://, git+https://, git+http://, ipfs://, file://, git+file:// and "
+             "local paths")
 
 
 def scheme_name(url: str) -> str:
@@ -107,6 +109,10 @@ def open_source(url: str) -> Source:
         from .sources.git import GitSource
 
         return GitSource(url)
+    if module == "ipfs":
+        from .sources.ipfs import IpfsSource
+
+        return IpfsSource(url)
     from .sources.local import LocalSource
 
     return LocalSource(url)

@@ -5,13 +5,14 @@
 //
 // Prints the CID of DIR (regular files and symlinks below it; the exec bit and times are not
 // given to the importer, as treeseed's ipfs format does not record them). With --car, also
-// writes every block into OUT.car (CARv1, rooted at that CID) with @ipld/car.
+// writes the DAG into OUT.car (CARv1 rooted at that CID, depth-first) with @ipld/car.
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { importer } from 'ipfs-unixfs-importer'
 import { MemoryBlockstore } from 'blockstore-core/memory'
 import { CarWriter } from '@ipld/car/writer'
+import * as dagPb from '@ipld/dag-pb'
 
 async function * walk (root, rel) {
   const names = (await fs.readdir(join(root, rel))).sort()
@@ -38,9 +39,20 @@ if (root === null) throw new Error(`${dir}: the importer gave no CID for the dir
 if (flag === '--car') {
   const { writer, out: carBytes } = CarWriter.create([root])
   const piped = Readable.from(carBytes).pipe(createWriteStream(out))
-  for await (const { cid, bytes } of blockstore.getAll()) {
-    await writer.put({ cid, bytes: bytes instanceof Uint8Array ? bytes : await collect(bytes) })
+  // Depth-first from the root, each block once, as a gateway sends it ('order=dfs; dups=n'):
+  // the blockstore keys blocks by multihash alone, so its own listing loses their codecs.
+  const seen = new Set()
+  const visit = async (cid) => {
+    if (seen.has(cid.toString())) return
+    seen.add(cid.toString())
+    const got = blockstore.get(cid)
+    const bytes = got instanceof Uint8Array ? got : await collect(got)
+    await writer.put({ cid, bytes })
+    if (cid.code === dagPb.code) {
+      for (const link of dagPb.decode(bytes).Links) await visit(link.Hash)
+    }
   }
+  await visit(root)
   await writer.close()
   await new Promise((resolve, reject) => { piped.on('finish', resolve); piped.on('error', reject) })
 }
