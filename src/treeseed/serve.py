@@ -12,6 +12,8 @@ Endpoints (docs/serve.md has the full contract)::
     GET|HEAD /<32 nix32>.narinfo           a signed narinfo for a store path treeseed may publish,
     GET|HEAD /nar/bt2-<hex>.nar            a package's tree as a NAR,
     GET|HEAD /nar/sha256-<hex>.nar         a kept archive as a NAR (a flat store path)
+    GET|HEAD /ipfs/<cid>?format=car|raw    a trustless IPFS gateway (treeseed.gateway): a CAR of
+                                           the DAG below a CID, or one block
 
 Every response body is named by a hash, so each has a strong ETag and is cacheable forever;
 ``Range`` (one range) and ``If-None-Match``/``If-Range`` work on all of them. Private packages
@@ -74,6 +76,7 @@ _ALIAS = re.compile(r"/alias/([a-z0-9-]+)/(.+)")
 _NARINFO = re.compile(r"/([0-9abcdfghijklmnpqrsvwxyz]{32})\.narinfo")
 _TREE_NAR = re.compile(r"/nar/(bt2-[0-9a-f]{64})\.nar")
 _FLAT_NAR = re.compile(r"/nar/sha256-([0-9a-f]{64})\.nar")
+_IPFS = re.compile(r"/ipfs/([A-Za-z0-9]{8,120})/?")
 _ETAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
 
@@ -257,13 +260,20 @@ class Mirror:
         self.nix = _nix_cache(cache_root, privacy, self.public, log, nix_lookup_wait)
         self._layouts: OrderedDict[str, TarLayout] = OrderedDict()
         self._lock = threading.Lock()
+        from .gateway import Gateway
+
+        self.ipfs = Gateway(self.public, self.packages.current,
+                            lambda h: Cache(cache_root).path(h), self._ipfs_owner, log)
 
     def route(self, target: str) -> Resource | Redirect | Text | None:
         """What ``target`` (a request target) names, or None for 404."""
         try:
-            path = urlsplit(target).path
+            parts = urlsplit(target)
+            path = parts.path
         except ValueError:  # "//[x": urlsplit refuses a bracketed host it cannot parse
             return None
+        if m := _IPFS.fullmatch(path):
+            return self._ipfs(m[1], parts.query)
         cache = Cache(self.cache_root)
         try:
             return self._route(cache, path)
@@ -309,6 +319,22 @@ class Mirror:
         if m := _FLAT_NAR.fullmatch(path):
             return self._flat_nar(cache, m[1])
         return None
+
+    def _ipfs(self, cid: str, query: str) -> Resource | None:
+        """The trustless gateway; what it means is :mod:`treeseed.gateway`'s."""
+        from urllib.parse import parse_qsl
+
+        got = self.ipfs.answer(cid, dict(parse_qsl(query)))
+        if got is None:
+            return None
+        return Resource(got.size, got.etag, got.content_type, got.pieces, got.headers)
+
+    def _ipfs_owner(self, cid: str) -> str | None:
+        cache = Cache(self.cache_root)
+        try:
+            return self._owner(cache, "ipfs", cid)
+        finally:
+            cache.close()
 
     # ---- privacy: the one gate every package-bearing endpoint goes through
 
@@ -440,6 +466,7 @@ class Mirror:
         with self._lock:
             self._layouts.pop(package_hash, None)
         self.nix.forget(package_hash)
+        self.ipfs.forget(package_hash)
 
 
 def _nix_cache(cache_root: Path, privacy: Privacy, public: Callable[[str], bool],
