@@ -110,3 +110,23 @@ def test_parse_cid_accepts_other_multibases_and_refuses_other_hashes() -> None:
         parse_cid(str(CID("base32", 1, "raw", multihash.digest(b"", "sha2-512"))))
     with pytest.raises(BadBlock, match="not a CID"):
         parse_cid("bafy-not-a-cid")
+
+
+def test_dht_alias_and_install_check_speak_ipfs(tmp_path: Path) -> None:
+    """parse_hash reads ipfs:// and bare CIDv1s (a CIDv0 too, as its v1); the install's
+    AlsoHash check recomputes the tree's CID and refuses another."""
+    from treeseed.errors import AliasMismatch
+    from treeseed.install import AlsoHash
+    from treeseed.swarm.aliases import PUBLISHED, parse_hash
+
+    tree = make_tree(tmp_path / "t", {"a": b"alias me\n"})
+    cid = ipfs_hash(tree)
+    assert "ipfs" in PUBLISHED
+    assert parse_hash(f"ipfs://{cid}") == ("ipfs", cid) == parse_hash(cid)
+    assert parse_hash("ipfs://not-a-cid") is None
+    hint = AlsoHash.from_json({"format": "ipfs", "value": cid})
+    assert hint is not None
+    hint.check(tree, "bt2-" + "0" * 64)
+    other = make_tree(tmp_path / "o", {"a": b"something else\n"})
+    with pytest.raises(AliasMismatch):
+        hint.check(other, "bt2-" + "0" * 64)

@@ -86,7 +86,7 @@ class AlsoHash:
     for a moment (a seeder would otherwise start publishing it).
     """
 
-    fmt: str  # zig, nar, git or nix-store (:func:`treeseed.swarm.aliases.parse_hash`)
+    fmt: str  # zig, nar, git, nix-store or ipfs (:func:`treeseed.swarm.aliases.parse_hash`)
     value: str
 
     def check(self, tree: Path, package_hash: str) -> None:
@@ -105,7 +105,7 @@ class AlsoHash:
         if not isinstance(data, dict):
             return None
         fmt, value = data.get("format"), data.get("value")
-        if fmt not in ("zig", "nar", "git", "nix-store") or not isinstance(value, str) \
+        if fmt not in ("zig", "nar", "git", "nix-store", "ipfs") or not isinstance(value, str) \
                 or not 0 < len(value) <= 200:
             return None
         return cls(fmt, value)
@@ -126,7 +126,7 @@ def hash_as(root: Path, fmt: str, value: str, source: str) -> str | None:
         except TreeseedError as exc:
             return f"(no Zig hash: {exc})"
         return value if computed.matches(value) else computed.hash
-    if fmt in ("nar", "git"):
+    if fmt in ("nar", "git", "ipfs"):
         return hash_tree(root, scan_tree(root, source), [fmt], source)[fmt]
     if fmt == "nix-store":
         nar = hash_tree(root, scan_tree(root, source), ["nar"], source)["nar"]

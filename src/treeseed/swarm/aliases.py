@@ -56,7 +56,7 @@ SECRET_KEY = bytes.fromhex(
 
 #: Formats published, as the index names them; ``zig`` is published in both spellings, and
 #: ``nix-store`` is the hash part of ``/nix/store/<hash>-source``.
-PUBLISHED = ("zig", "nar", "git", "nix-store", "archive-sha256")
+PUBLISHED = ("zig", "nar", "git", "nix-store", "archive-sha256", "ipfs")
 MAX_SALT = 64  # BEP 44
 MAX_VALUE = 1000  # BEP 44, bencoded
 #: Seconds between two puts of one item: well inside the ~2 h nodes keep an item.
@@ -69,7 +69,7 @@ BURST = 8
 #: Items a package whose aliases are not hashed yet is counted as (zig twice, nar, git,
 #: nix-store): a cold cache's first round then goes at the rate its items need, not at the
 #: floor while most packages still count as one.
-ITEMS_GUESS = 5
+ITEMS_GUESS = 6  # ... and ipfs
 #: Outer bounds of one lookup and one put (a put is a DHT traversal and then the stores).
 GET_TIMEOUT = 30.0
 PUT_TIMEOUT = 60.0
@@ -111,12 +111,12 @@ def package_aliases(cache: Cache, package_hash: str) -> list[tuple[str, str]]:
 
     root = cache.path(package_hash)
     known = cache.aliases(package_hash)
-    missing = [f for f in ("nar", "git") if f not in known]
+    missing = [f for f in ("nar", "git", "ipfs") if f not in known]
     if missing:
         computed = hash_tree(root, scan_tree(root, package_hash), missing, package_hash)
         record_aliases(cache, package_hash, computed)
         known.update(computed)
-    out = [(f, known[f]) for f in ("nar", "git", "archive-sha256") if f in known]
+    out = [(f, known[f]) for f in ("nar", "git", "archive-sha256", "ipfs") if f in known]
     out.append(("nix-store", store_path_hash(parse_nix_hash(known["nar"]))))
     try:
         from ..interop.zig import zig_hash
@@ -392,7 +392,8 @@ def parse_hash(text: str) -> tuple[str, str] | None:
     - git tree id: 40 hex digits, or ``swh:1:dir:<40 hex>`` (a package's SWHID is its tree
       id). A 40-hex *commit* id is not accepted: a commit cannot be checked against a tree;
     - ``archive-sha256:<64 hex>``, the digest of an archive's bytes (found only where
-      treeseed recorded it: a tree cannot be checked against it).
+      treeseed recorded it: a tree cannot be checked against it);
+    - IPFS: ``ipfs://<cid>`` or a bare CIDv1 ``bafy...``/``bafk...``, stored as base32 CIDv1.
     A bare 64-hex digest is refused as ambiguous (an archive's sha256sum, or a NAR hash).
     """
     from ..hashing.gittree import SWHID_PREFIX
@@ -416,4 +417,11 @@ def parse_hash(text: str) -> tuple[str, str] | None:
     store = _STORE_PATH.fullmatch(s)
     if store and store[2] == "source":
         return "nix-store", store[1]
+    if s.startswith("ipfs://") or re.fullmatch(r"baf[yk][a-z2-7]{55}", s):
+        from ..unixfs import BadBlock, cid_text, parse_cid
+
+        try:
+            return "ipfs", cid_text(parse_cid(s.removeprefix("ipfs://").strip("/")))
+        except BadBlock:
+            return None
     return None
