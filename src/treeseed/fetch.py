@@ -35,7 +35,7 @@ from .ids import is_bt2
 from .install import AlsoHash, Delivery, FetchResult, cached_result, install, record_aliases
 from .schemes import absolute
 
-__all__ = ["FetchResult", "env_seconds", "fetch", "hash_path", "package_name"]
+__all__ = ["FetchResult", "env_seconds", "fetch", "hash_path"]
 
 # The stages (hashing, package, rules, unpack) are imported by the functions that use them:
 # with treeseed's own fetcher they run in its process, and `treeseed update` of an unchanged
@@ -213,36 +213,6 @@ def _extra_formats(package: PackageTree, formats: Sequence[str], source: str) ->
 
     wanted = [f for f in formats if f not in ("bt2", "archive-sha256")]
     return hash_tree(package.root, package.entries, wanted, source) if wanted else {}
-
-
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tar.zst",
-                     ".tzst", ".tar", ".zip", ".git")
-
-
-def package_name(package_dir: Path, url: str) -> str:
-    """A name for a dependency: the package's own (treeseed.toml, build.zig.zon), else the last
-    part of its URL without archive suffixes (``zlib-1.3.1.tar.gz`` -> ``zlib-1.3.1``)."""
-    from .manifest import MANIFEST_NAME
-    from .manifest import load as load_manifest
-
-    if (package_dir / MANIFEST_NAME).is_file():
-        name = load_manifest(package_dir / MANIFEST_NAME).name
-        if name:
-            return name
-    zon = package_dir / "build.zig.zon"
-    if zon.is_file():
-        from .zon import load as load_zon
-
-        name = load_zon(zon).get("name")
-        if isinstance(name, str) and name:
-            return name
-    last = url.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "dependency"
-    for suffix in _ARCHIVE_SUFFIXES:
-        if last.lower().endswith(suffix):
-            last = last[: -len(suffix)]
-            break
-    cleaned = "".join(c if c.isalnum() or c in "_.+-" else "-" for c in last).lstrip(".-")
-    return cleaned or "dependency"
 
 
 @dataclass

@@ -206,7 +206,7 @@ class TarReader:
 
     def _check_sum(self, block: bytes, field: bytes, start: int) -> None:
         stored = self._number(field, "checksum", start)
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        unsigned = sum(block) - sum(block[148:156]) + 256  # the checksum field counts as spaces
         if stored == unsigned:
             return
         # Some old tars summed the bytes as signed chars.

@@ -315,15 +315,24 @@ class TreeWriter:
         """Create the parent directories of ``path`` (no symlinks exist yet, so none is followed)."""
         parent, _, _ = path.rpartition("/")
         if parent not in self._made_dirs:
-            try:
-                os.makedirs(os.path.join(self._dest_b, os.fsencode(parent)), mode=0o755, exist_ok=True)
-            except OSError as exc:
-                raise UnpackError(self.source, path, f"cannot write: {exc.strerror}") from None
-            part = parent
-            while part and part not in self._made_dirs:
-                self._made_dirs.add(part)
-                part = part.rpartition("/")[0]
-        return os.path.join(self._dest_b, os.fsencode(path))
+            self._make_dirs(path, parent)
+        return self._dest_b + b"/" + os.fsencode(path)
+
+    def _make_dirs(self, path: str, parent: str) -> None:
+        """Create ``parent`` and its missing ancestors, outermost first, with one mkdir each:
+        every directory this writer made is in ``_made_dirs``, so nothing needs a stat
+        (``os.makedirs`` costs a stat per level, per call)."""
+        missing = []
+        part = parent
+        while part and part not in self._made_dirs:
+            missing.append(part)
+            part = part.rpartition("/")[0]
+        try:
+            for directory in reversed(missing):
+                os.mkdir(self._dest_b + b"/" + os.fsencode(directory), 0o755)
+                self._made_dirs.add(directory)
+        except OSError as exc:
+            raise UnpackError(self.source, path, f"cannot write: {exc.strerror}") from None
 
     # ---- finishing
 
@@ -400,12 +409,35 @@ def _create(fs_path: bytes, mode: int) -> int:
     is measurable over the 80,000 files of a kernel tree.
     """
     fd = os.open(fs_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-    except OSError:
-        os.close(fd)
-        raise
+    if mode & _umask():
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            os.close(fd)
+            raise
     return fd
+
+
+_UMASK: list[int] = []
+
+
+def _umask() -> int:
+    """The process's umask, read once from /proc (``os.umask`` can only be read by setting it,
+    which would race with other threads creating files). When it takes nothing from 0644 and
+    0755 (the usual 022), ``open`` already sets the mode and the fchmod per file is skipped;
+    unknown, every file gets its fchmod."""
+    if not _UMASK:
+        value = 0o777
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Umask:"):
+                        value = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        _UMASK.append(value)
+    return _UMASK[0]
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -484,6 +516,11 @@ class _Pipe:
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end of the stream."""
+        off = self._off
+        end = off + n
+        if end <= len(self._buf):  # the common case, a header or a small file: one slice
+            self._off = end
+            return self._buf if off == 0 and end == len(self._buf) else self._buf[off:end]
         parts = []
         want = n
         while want > 0:

@@ -17,7 +17,7 @@ shares. Each command family is a small module that registers its subparsers and 
 * :mod:`.seed`: ``seed`` (``--share``, ``status``, ``stop``), ``stats``
 * :mod:`.cache`: ``cache list | verify | rm | gc``
 * :mod:`.common`: what they share (the cache, settings and limits options ask for, --offline,
-  -q and -v, the download progress display)
+  -q and -v)
 
 The command modules import only the standard library and :mod:`.common` at module level; heavy
 modules are imported inside the command that needs them, so a no-op run costs little more than

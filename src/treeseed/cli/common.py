@@ -1,5 +1,5 @@
 """What the command modules share: the cache, settings and limits a command's options ask for,
-quiet and verbose output, the --offline rule and the download progress display.
+quiet and verbose output and the --offline rule.
 
 Nothing heavy is imported here at module level: the library is imported inside each helper,
 when a command calls it.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import TreeseedError
@@ -18,7 +17,6 @@ from ..errors import TreeseedError
 if TYPE_CHECKING:
     from ..cache import Cache
     from ..config import Settings
-    from ..progress import StallWatch
     from ..unpack import Limits
 
 ALL_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "archive-sha256")
@@ -83,64 +81,3 @@ def refuse_network(url: str) -> None:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-class DownloadProgress:
-    """A rich progress bar on a terminal for large downloads, and on any stderr a line when the
-    download receives nothing for a while (so a quiet server is not silence); -q: nothing."""
-
-    THRESHOLD = 4 << 20
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.enabled = not is_quiet(args)
-        self.bar_allowed = sys.stderr.isatty() and not getattr(args, "json", False)
-        self.label = str(getattr(args, "url", None) or "the download")
-        self._bar = None
-        self._task = None
-        self._stalls: StallWatch | None = None
-
-    def __enter__(self) -> Callable[[int, int | None], None] | None:
-        if not self.enabled:
-            return None
-        from ..progress import StallWatch
-
-        self._stalls = StallWatch()
-        self._stalls.start(self.label)
-        return self.update
-
-    def update(self, done: int, total: int | None) -> None:
-        self._notice_stall(done)
-        if not self.bar_allowed:
-            return
-        if self._bar is None:
-            if (total or done) < self.THRESHOLD:
-                return
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._bar = Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("download", total=total)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def _notice_stall(self, done: int) -> None:
-        assert self._stalls is not None
-        quiet = self._stalls.update(self.label, done)
-        if quiet is None:
-            return
-        line = f"treeseed: {self._stalls.notice(self.label, quiet, done)}"
-        if self._bar is not None:
-            self._bar.console.print(line, markup=False, highlight=False)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

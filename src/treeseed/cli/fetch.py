@@ -79,9 +79,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if args.expected:
             result = _fetch_pinned(args)
         else:
+            # Without --max-size the fetcher reads TREESEED_MAX_UNPACK_SIZE itself: this process
+            # then never imports the unpacker, which only the fetcher (a fork of it) runs.
+            limits = limits_for(args) if args.max_size else None
             with display(args) as progress:
-                result = fetch(args.url, open_cache(args), None, args.formats, limits_for(args),
-                               progress)
+                result = fetch(args.url, open_cache(args), None, args.formats, limits, progress)
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     elif not is_quiet(args):
