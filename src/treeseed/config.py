@@ -126,6 +126,7 @@ def _mirror(text: str) -> str:
 
 
 def _gateway(text: str) -> str:
+    text = text.strip()
     if not re.fullmatch(r"https?://[^\s/]+(?:/\S*)?", text):
         raise ValueError(f"{text!r} is not an http:// or https:// gateway URL")
     return text.rstrip("/")
