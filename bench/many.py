@@ -113,6 +113,12 @@ def download(store: Path) -> list[Path]:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """Silent, and gzip archives served as gzip (as the registries do): Python's default
+    ``application/x-tar`` for ``.tgz`` makes Zig read them as plain tar."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".tgz": "application/gzip", ".gz": "application/gzip"}
+
     def log_message(self, *args: object) -> None:
         pass
 
