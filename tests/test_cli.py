@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import make_tree, run_cli
 
-TREE_KEYS = {"bt2", "zig", "nar", "git", "swhid", "files", "bytes"}
+TREE_KEYS = {"bt2", "zig", "nar", "git", "swhid", "ipfs", "files", "bytes"}
 
 SPEC: dict[str, object] = {
     "README.md": b"# demo\n",

@@ -9,7 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 from helpers import make_tree, run_cli
 from httpserver import Reply, Server
 from ipfskit import reference_cid, require_node
@@ -73,8 +72,6 @@ def test_fetch_by_cid_from_a_gateway(tmp_path: Path, server: Server) -> None:
     assert request.headers["accept"].startswith("application/vnd.ipld.car")
 
 
-@pytest.mark.xfail(strict=True, reason="the cache refuses an 'ipfs' announcement until "
-                   "treeseed.fetchers.FORMATS has an 'ipfs' entry (hook requested in issue 15)")
 def test_the_cid_is_recorded_and_a_second_fetch_transfers_nothing(tmp_path: Path,
                                                                    server: Server) -> None:
     _, cid, car = sample(tmp_path)

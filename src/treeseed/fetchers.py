@@ -52,6 +52,7 @@ FORMATS: dict[str, re.Pattern[str]] = {
     "swhid": re.compile(r"swh:1:dir:[0-9a-f]{40}"),
     "nar": re.compile(r"sha256-[A-Za-z0-9+/]{43}="),
     "zig": re.compile(r"[A-Za-z0-9_.+-]{1,64}-[A-Za-z0-9_-]{44}|1220[0-9a-f]{64}"),
+    "ipfs": re.compile(r"b[a-z2-7]{58}"),  # a CIDv1 (dag-pb or raw, sha2-256) in base32
 }
 MAX_LINE = 512
 

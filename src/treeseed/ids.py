@@ -11,6 +11,12 @@ import re
 PREFIX = "bt2-"
 BT2_PATTERN = re.compile(r"bt2-[0-9a-f]{64}")
 
+#: Every tree format, in the order ``treeseed hash --json`` prints them (here, not in
+#: :mod:`treeseed.hashing`, so that the command line can name them without importing hashers).
+TREE_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "ipfs")
+#: What ``--format`` accepts: the tree formats plus the digest of an archive's raw bytes.
+ALL_FORMATS = TREE_FORMATS + ("archive-sha256",)
+
 
 def is_bt2(value: str) -> bool:
     return BT2_PATTERN.fullmatch(value) is not None

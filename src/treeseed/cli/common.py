@@ -13,13 +13,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import TreeseedError
+from ..ids import ALL_FORMATS as ALL_FORMATS  # the --format choices, without importing hashers
 
 if TYPE_CHECKING:
     from ..cache import Cache
     from ..config import Settings
     from ..unpack import Limits
-
-ALL_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "archive-sha256")
 
 
 def positive_int(text: str) -> int:

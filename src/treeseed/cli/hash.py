@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..hashing import ALL_FORMATS
-from .common import limits_for, open_cache
+from .common import ALL_FORMATS, limits_for, open_cache
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import TreeseedError
+from ..ids import ALL_FORMATS as ALL_FORMATS  # the format names live in ids (light to import)
+from ..ids import TREE_FORMATS as TREE_FORMATS
 from ..package import Entry
 from . import bt2
-
-#: Every tree format, in the order ``treeseed hash --json`` prints them.
-TREE_FORMATS = ("bt2", "zig", "nar", "git", "swhid", "ipfs")
-#: What ``--format`` accepts: the tree formats plus the digest of an archive's raw bytes.
-ALL_FORMATS = TREE_FORMATS + ("archive-sha256",)
 
 READ_CHUNK = 1 << 20
 
