@@ -1,5 +1,7 @@
 """``treeseed serve`` as a trustless gateway: a real server on 127.0.0.1, CARs checked block
-by block, CIDs from the real importer, and treeseed's own ipfs:// source fetching through it."""
+by block, CIDs from the real importer, treeseed's own ipfs:// source fetching through it, and
+a real IPFS client (@helia/verified-fetch, tests/node/verified_fetch.mjs) fetching a file by
+CID with the server as its only gateway, and refusing it when a proxy alters one byte."""
 
 from __future__ import annotations
 
@@ -51,11 +53,12 @@ def mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         log.close()
 
 
-def get(url: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, path: str, headers: dict[str, str] | None = None
+        ) -> tuple[int, dict[str, str], bytes]:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -117,3 +120,112 @@ def test_unshared_packages_and_unknown_cids_are_absent(tmp_path: Path, mirror) -
             status, _, _ = get(url, f"/ipfs/{cid_text(cid)}?format={fmt}")
             assert status == 404
     assert get(url, "/ipfs/not-a-cid?format=car")[0] == 404
+
+
+def test_the_accept_header_chooses_the_format(tmp_path: Path, mirror) -> None:  # type: ignore[no-untyped-def]
+    """Real clients ask with ``Accept`` alone; ``?format=`` wins when both are given."""
+    _, url = mirror
+    tree = tmp_path / "shared"
+    dag = package_dag(tree, scan_tree(tree, "shared"))
+    readme = cid_text(dag.paths["README"])
+    status, headers, body = get(url, f"/ipfs/{readme}", {"Accept": "application/vnd.ipld.raw"})
+    assert (status, headers["content-type"], body) == (200, "application/vnd.ipld.raw", b"served\n")
+    assert headers["vary"] == "Accept"
+    root = cid_text(dag.root)
+    car = "application/vnd.ipld.car; version=1; order=dfs; dups=y"
+    status, headers, body = get(url, f"/ipfs/{root}", {"Accept": car})
+    assert status == 200 and headers["content-type"].startswith("application/vnd.ipld.car")
+    assert set(read_car(body)[1]) == set(dag.nodes) | set(dag.leaves)
+    status, headers, _ = get(url, f"/ipfs/{readme}?format=car", {"Accept": "application/vnd.ipld.raw"})
+    assert headers["content-type"].startswith("application/vnd.ipld.car")
+    preferred = "application/vnd.ipld.raw;q=0.4, application/vnd.ipld.car;q=0.9"
+    assert get(url, f"/ipfs/{readme}", {"Accept": preferred})[1]["content-type"].startswith(
+        "application/vnd.ipld.car")
+    for refused in ("text/html", "application/vnd.ipld.car; version=2", "application/vnd.ipld.raw;q=0"):
+        assert get(url, f"/ipfs/{readme}", {"Accept": refused})[0] == 404, refused
+
+
+class Tamperer:
+    """A proxy in front of ``treeseed serve`` that flips the last byte of every raw-leaf block
+    it relays (a ``bafk...`` CID), and relays everything else as it is: a hostile gateway
+    whose directory nodes are right and whose file contents are not."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host, port = upstream.removeprefix("http://").split(":")
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+                try:
+                    conn.request("GET", self.path, headers={"Accept": self.headers.get("Accept", "")})
+                    resp = conn.getresponse()
+                    body = resp.read()
+                finally:
+                    conn.close()
+                if self.path.startswith("/ipfs/bafk") and body:
+                    body = body[:-1] + bytes([body[-1] ^ 1])
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.getheader("Content-Type", ""))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def verified_fetch(gateway: str, path: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the real client (tests/node/verified_fetch.mjs) with ``gateway`` as its only
+    gateway; (the process, the JSON it printed: connections made, status, bytes)."""
+    proc = subprocess.run(["node", str(require_node() / "verified_fetch.mjs"), gateway, path, str(out)],
+                          capture_output=True, text=True, timeout=TIMEOUT * 3,
+                          env={**os.environ, "NODE_NO_WARNINGS": "1",
+                               "DEBUG": "helia:trustless-gateway*:error"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"verified_fetch.mjs printed no result ({proc.returncode}):\n{proc.stderr}"
+    return proc, json.loads(lines[-1])
+
+
+def test_a_real_ipfs_client_fetches_a_file_through_treeseed_serve(tmp_path: Path, mirror) -> None:  # type: ignore[no-untyped-def]
+    """@helia/verified-fetch, with ``treeseed serve`` as its only gateway (and only router:
+    no libp2p, no delegated routing), fetches a 3-block file of a shared package by the
+    package's CID and a path, checking every block; it connects to nothing but that port."""
+    require_node()
+    _, url = mirror
+    tree = tmp_path / "shared"
+    cid = cid_text(package_dag(tree, scan_tree(tree, "shared")).root)
+    for name in ("big.bin", "sub/dir/file.txt"):
+        out = tmp_path / "got"
+        proc, result = verified_fetch(url, f"{cid}/{name}", out)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == (tree / name).read_bytes(), name
+        port = url.rsplit(":", 1)[1]
+        assert result["connections"] and result["refused"] == []
+        assert set(result["connections"]) <= {f"127.0.0.1:{port}", f"localhost:{port}"}, result
+
+
+def test_a_real_ipfs_client_refuses_a_tampered_block(tmp_path: Path, mirror) -> None:  # type: ignore[no-untyped-def]
+    require_node()
+    _, url = mirror
+    tree = tmp_path / "shared"
+    cid = cid_text(package_dag(tree, scan_tree(tree, "shared")).root)
+    tamperer = Tamperer(url)
+    try:
+        out = tmp_path / "got"
+        proc, result = verified_fetch(tamperer.url, f"{cid}/README", out)
+    finally:
+        tamperer.close()
+    assert proc.returncode != 0 and result["status"] != 200, (proc.stdout, proc.stderr)
+    assert "did not match" in proc.stderr  # the client's own CID check refused the block
+    assert not out.exists()

@@ -2,7 +2,8 @@
 
 ``GET /ipfs/<cid>?format=raw`` answers one block; ``?format=car`` a CARv1 of the DAG below
 ``<cid>`` (depth-first, each block once: ``order=dfs; dups=n``; ``dag-scope=block`` only the
-block itself). ``<cid>`` may name a package's root, a sub-directory, a file or any block of
+block itself). ``Accept: application/vnd.ipld.raw`` or ``application/vnd.ipld.car`` asks the
+same without ``format=`` (:func:`format_from_accept`); ``format=`` wins when both are given. ``<cid>`` may name a package's root, a sub-directory, a file or any block of
 one. Blocks are made from the package tree on demand (:func:`treeseed.hashing.ipfs.package_dag`
 reads the package once; dag-pb nodes are kept in memory, leaves are ranges of the package's
 files, sent with ``sendfile``), so nothing is stored. Private packages are never read: only
@@ -59,9 +60,11 @@ class Gateway:
         self.index: dict[bytes, str] = {}
         self._lock = threading.Lock()
 
-    def answer(self, cid_text_: str, query: dict[str, str]) -> Answer | None:
-        """The answer to ``/ipfs/<cid>?<query>``, or None (404: unknown, private or malformed)."""
-        fmt = query.get("format")
+    def answer(self, cid_text_: str, query: dict[str, str], accept: str = "") -> Answer | None:
+        """The answer to ``/ipfs/<cid>?<query>``, or None (404: unknown, private or malformed).
+        ``accept`` is the request's ``Accept`` header: real clients (Helia's trustless-gateway
+        client, Kubo, boxo) ask with it, ``?format=`` wins when both are given."""
+        fmt = query.get("format") or format_from_accept(accept)
         if fmt not in ("raw", "car"):
             return None
         try:
@@ -130,6 +133,40 @@ class Gateway:
     def forget(self, package: str) -> None:
         with self._lock:
             self.dags.pop(package, None)
+
+
+_MEDIA = {"application/vnd.ipld.raw": "raw", "application/vnd.ipld.car": "car"}
+
+
+def format_from_accept(accept: str) -> str | None:
+    """``raw`` or ``car`` as the trustless gateway spec reads ``Accept``, else None.
+
+    The entry with the highest ``q`` wins, the first one on a tie; ``q=0`` refuses a type; a
+    CAR asked for with a ``version`` other than 1 is one this gateway cannot give. Its
+    ``order`` and ``dups`` are wishes: the answer is always ``order=dfs; dups=n`` and says so
+    in its ``Content-Type``, as the spec allows. Anything unparsable counts as absent.
+    """
+    best: tuple[float, str] | None = None
+    for entry in accept.split(",")[:32]:
+        media, *params = (part.strip() for part in entry.split(";"))
+        fmt = _MEDIA.get(media.lower())
+        if fmt is None:
+            continue
+        values: dict[str, str] = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            values[key.strip().lower()] = value.strip().strip('"')
+        if fmt == "car" and values.get("version", "1") != "1":
+            continue
+        try:
+            q = float(values.get("q", "1"))
+        except ValueError:
+            continue
+        if not 0 < q <= 1:
+            continue
+        if best is None or q > best[0]:
+            best = (q, fmt)
+    return best[1] if best else None
 
 
 def dfs(dag: Dag, root: bytes) -> list[bytes]:

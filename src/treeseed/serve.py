@@ -265,15 +265,16 @@ class Mirror:
         self.ipfs = Gateway(self.public, self.packages.current,
                             lambda h: Cache(cache_root).path(h), self._ipfs_owner, log)
 
-    def route(self, target: str) -> Resource | Redirect | Text | None:
-        """What ``target`` (a request target) names, or None for 404."""
+    def route(self, target: str, accept: str = "") -> Resource | Redirect | Text | None:
+        """What ``target`` (a request target) names, or None for 404. ``accept`` (the
+        request's ``Accept`` header) matters only to the IPFS gateway."""
         try:
             parts = urlsplit(target)
             path = parts.path
         except ValueError:  # "//[x": urlsplit refuses a bracketed host it cannot parse
             return None
         if m := _IPFS.fullmatch(path):
-            return self._ipfs(m[1], parts.query)
+            return self._ipfs(m[1], parts.query, accept)
         cache = Cache(self.cache_root)
         try:
             return self._route(cache, path)
@@ -320,11 +321,11 @@ class Mirror:
             return self._flat_nar(cache, m[1])
         return None
 
-    def _ipfs(self, cid: str, query: str) -> Resource | None:
+    def _ipfs(self, cid: str, query: str, accept: str) -> Resource | None:
         """The trustless gateway; what it means is :mod:`treeseed.gateway`'s."""
         from urllib.parse import parse_qsl
 
-        got = self.ipfs.answer(cid, dict(parse_qsl(query)))
+        got = self.ipfs.answer(cid, dict(parse_qsl(query)), accept)
         if got is None:
             return None
         return Resource(got.size, got.etag, got.content_type, got.pieces, got.headers)
@@ -673,7 +674,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _respond(self, head: bool) -> None:
         try:
-            found = self.server.mirror.route(self.path)
+            found = self.server.mirror.route(self.path, ", ".join(self.headers.get_all("Accept", [])))
         except (TreeseedError, OSError, sqlite3.Error) as exc:  # damaged package, locked index
             self.server.log(f"treeseed serve: {self.path}: {exc}")
             self._text(500, b"internal error: see the server's log\n", head)
