@@ -34,6 +34,9 @@ class PackageTree:
     digests: dict[str, FileDigest]
     rules: Rules
     hash: str
+    #: The bencoded info dict the hash was taken over: the .torrent embeds it as it is, so the
+    #: tree is encoded once per fetch (:func:`treeseed.hashing.bt2.info_bytes`).
+    info: bytes = b""
 
     @property
     def size(self) -> int:
@@ -42,14 +45,14 @@ class PackageTree:
 
 def finish_tree(unpacked: Unpacked, source: str) -> PackageTree:
     """Apply the package's own rules to a fresh tree and compute its bt2 hash."""
-    from .hashing.bt2 import info_hash
+    from .hashing.bt2 import hash_of_info, info_bytes
     from .package import apply_rules
     from .rules import rules_for
 
     rules = rules_for(unpacked.root, source)
     entries = apply_rules(unpacked.root, unpacked.entries, rules, source, unpacked.specials)
-    package_hash = info_hash(entries, unpacked.digests, source)
-    return PackageTree(unpacked.root, entries, unpacked.digests, rules, package_hash)
+    info = info_bytes(entries, unpacked.digests, source)
+    return PackageTree(unpacked.root, entries, unpacked.digests, rules, hash_of_info(info), info)
 
 
 def copy_tree(src: Path, dest: Path, source: str) -> Unpacked:

@@ -88,7 +88,7 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
 
     # The .torrent and every block hash, from the digests taken while writing: the cache keeps
     # them so the package can be seeded without ever being hashed again.
-    write_swarm_files(work, package.hash, package.entries, package.digests, url)
+    write_swarm_files(work, package.hash, package.entries, package.digests, url, package.info)
     extra = [f for f in formats if f not in ("bt2", "archive-sha256")]
     if extra:
         for fmt, value in hash_tree(package.root, package.entries, extra, url).items():

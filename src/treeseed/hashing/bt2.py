@@ -181,14 +181,75 @@ def info_dict(entries: Iterable[Entry], digests: dict[str, FileDigest], source: 
 
 def info_hash(entries: Iterable[Entry], digests: dict[str, FileDigest], source: str = "") -> str:
     """The package hash, ``bt2-<64 hex>``."""
-    raw = _sha256(bencode(info_dict(entries, digests, source))).hexdigest()
-    return PREFIX + raw
+    return hash_of_info(info_bytes(entries, digests, source))
 
 
-def torrent_bytes(entries: Sequence[Entry], digests: dict[str, FileDigest], source: str = "") -> bytes:
-    """A complete v2-only .torrent (info dict plus piece layers) for seeding the package."""
+def hash_of_info(info: bytes) -> str:
+    """The package hash of a bencoded info dict (from :func:`info_bytes`)."""
+    return PREFIX + _sha256(info).hexdigest()
+
+
+def info_bytes(entries: Iterable[Entry], digests: dict[str, FileDigest], source: str = "") -> bytes:
+    """The bencoded info dict, byte for byte ``bencode(info_dict(...))``, written in one pass.
+
+    Why not the generic encoder: a nested dict per directory, a sort per dict and a recursive
+    type dispatch per value cost ~90 ms on Django's 6,800 files, and the fetch needs these
+    bytes twice (the hash, then the .torrent): callers compute them once and pass them on.
+    Entries sorted by their UTF-8 path components come out in exactly the order of
+    bencoding's sorted keys, so the tree is written as a walk over that sorted list: a
+    directory is opened when a path enters it and closed when the next path leaves it.
+    """
+    keyed = sorted([(e.path.encode("utf-8").split(b"/"), e) for e in entries], key=_first)
+    out: list[bytes] = [b"d9:file treed"]
+    append = out.append
+    open_dirs: list[bytes] = []
+    for parts, entry in keyed:
+        name = parts.pop()
+        if parts != open_dirs:  # else: the same directory as the entry before, the usual case
+            common = 0
+            for a, b in zip(open_dirs, parts, strict=False):
+                if a != b:
+                    break
+                common += 1
+            if len(open_dirs) > common:
+                append(b"e" * (len(open_dirs) - common))
+            for part in parts[common:]:
+                append(b"%d:%sd" % (len(part), part))
+            open_dirs = parts
+        append(b"%d:%sd0:" % (len(name), name))
+        append(_leaf_bytes(entry, digests, source))
+        append(b"e")
+    append(b"e" * len(open_dirs))
+    append(b"e12:meta versioni2e4:name%d:%s12:piece lengthi%dee"
+           % (len(TORRENT_NAME), TORRENT_NAME.encode(), PIECE_LENGTH))
+    return b"".join(out)
+
+
+def _leaf_bytes(entry: Entry, digests: dict[str, FileDigest], source: str) -> bytes:
+    """One file's or symlink's ``""`` dict, keys in bencoding's sorted order (as :func:`_leaf`)."""
+    if entry.is_symlink:
+        assert entry.target is not None
+        return bencode({"attr": "xl", "symlink path": resolve_link(entry.path, entry.target, source)})
+    digest = digests[entry.path]
+    attr = b"4:attr1:x" if entry.executable else b""
+    if digest.root is None:
+        return b"d%s6:lengthi%dee" % (attr, digest.size)
+    root = digest.root
+    return b"d%s6:lengthi%de11:pieces root%d:%se" % (attr, digest.size, len(root), root)
+
+
+def _first(pair: tuple) -> object:
+    return pair[0]
+
+
+def torrent_bytes(entries: Sequence[Entry], digests: dict[str, FileDigest], source: str = "",
+                  info: bytes | None = None) -> bytes:
+    """A complete v2-only .torrent (info dict plus piece layers) for seeding the package;
+    ``info`` is the info dict already bencoded (:func:`info_bytes`), when the caller has it."""
+    if info is None:
+        info = info_bytes(entries, digests, source)
     layers = {d.root: d.piece_layer for d in digests.values() if d.piece_layer and d.root}
-    return bencode({"info": info_dict(entries, digests, source), "piece layers": layers})
+    return b"d4:info" + info + b"12:piece layers" + bencode(layers) + b"e"
 
 
 def magnet(package_hash: str) -> str:

@@ -48,15 +48,24 @@ def leaves_path(cache: Cache, package_hash: str) -> Path:
 
 
 def write(directory: Path, package_hash: str, entries: list[Entry],
-          digests: dict[str, FileDigest], source: str) -> None:
+          digests: dict[str, FileDigest], source: str, info: bytes | None = None) -> None:
     """Write the .torrent and .leaves of a freshly hashed tree into ``directory`` (a work dir
     or the cache's ``t/``), each by an atomic rename, leaves first: a .torrent present means
-    its leaves are too."""
-    data = torrent_bytes(entries, digests, source)
-    leaves = bencode({d.root: d.leaves for d in digests.values() if d.root and d.leaves})
+    its leaves are too. ``info`` is the bencoded info dict the hash was taken over, when the
+    caller has it (:attr:`treeseed.assemble.PackageTree.info`): encoding it again cost as much
+    as the first time."""
+    data = torrent_bytes(entries, digests, source, info or None)
+    leaves = _leaves_bytes(digests)
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomically(directory / f"{package_hash}.leaves", leaves)
     _write_atomically(directory / f"{package_hash}.torrent", data)
+
+
+def _leaves_bytes(digests: dict[str, FileDigest]) -> bytes:
+    """``bencode({pieces root: leaves})`` for the multi-block files, written directly: the keys
+    are all 32-byte roots, so one sort and one join do it."""
+    pairs = sorted({d.root: d.leaves for d in digests.values() if d.root and d.leaves}.items())
+    return b"d" + b"".join(b"%d:%s%d:%s" % (len(r), r, len(v), v) for r, v in pairs) + b"e"
 
 
 def adopt(cache: Cache, work: Path, package_hash: str) -> None:
