@@ -384,6 +384,46 @@ def test_installed_packages_are_read_only(tmp_path: Path, cache_dir: Path) -> No
             assert "PermissionError" in proc.stderr, code
 
 
+def test_archives_installed_by_rename_alone_are_read_only_too(tmp_path: Path, cache_dir: Path) -> None:
+    """treeseed's fetcher creates an archive's files read-only and seals its directories
+    itself (the cache then only renames): hard-link copies, directories the package rules
+    emptied, deep and empty directories, tar and zip alike end up read-only."""
+    import io
+    import tarfile
+    import zipfile
+
+    tar_path = tmp_path / "links.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        def add(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, mode: int = 0o644,
+                link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.linkname, info.size = kind, mode, link, len(data)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+        add("top/", kind=tarfile.DIRTYPE, mode=0o777)
+        add("top/treeseed.toml", b'[package]\nexclude = ["junk/"]\n')
+        add("top/a/b/c/file.txt", b"x" * 20000, mode=0o666)
+        add("top/a/b/run", b"#!/bin/sh\n", mode=0o777)
+        add("top/hard", kind=tarfile.LNKTYPE, link="top/a/b/c/file.txt")
+        add("top/hardrun", kind=tarfile.LNKTYPE, link="top/a/b/run", mode=0o755)
+        add("top/junk/deep/x.log", b"gone")
+        add("top/empty/", kind=tarfile.DIRTYPE)
+    zip_path = tmp_path / "flat.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("one.txt", b"1")
+        zf.writestr("sub/dir/two.txt", b"2")
+    for archive in (tar_path, zip_path):
+        got = fetch_json(cache_dir, str(archive))
+        root = cache_dir / "p" / got["hash"]
+        modes = tree_modes(root)
+        assert "junk" not in modes
+        for rel, mode in modes.items():
+            if (root / rel).is_dir():
+                assert mode == 0o555, (archive.name, rel)
+            else:
+                assert mode == (0o555 if rel in ("a/b/run", "hardrun") else 0o444), (archive.name, rel)
+        assert run_cli("cache", "verify", got["hash"], cache=cache_dir).returncode == 0
+
+
 def test_rm_and_gc_remove_read_only_trees_as_their_owner(tmp_path: Path, cache_dir: Path) -> None:
     """Removal must not depend on write bits: packages are 0555 all the way down, and a build
     may have taken the write bit from a directory in a work tree (here: set by the test)."""

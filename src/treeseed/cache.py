@@ -389,11 +389,12 @@ class Cache:
         finally:
             os.close(fd)
 
-    def install(self, tree: Path, package_hash: str) -> bool:
+    def install(self, tree: Path, package_hash: str, sealed: bool = False) -> bool:
         """Rename the verified ``tree`` into ``p/<hash>``: the package appears whole or not at all.
 
         Everything below the tree's root is made read-only first (:func:`seal`), so no package
-        is ever visible with writable files. The root itself loses its write bit right after the
+        is ever visible with writable files; ``sealed`` says treeseed's own fetcher already did
+        (it created the files read-only), which saves a walk and a chmod per file. The root itself loses its write bit right after the
         rename: rename(2) moves a directory to another parent only if it may rewrite the
         directory's ``..``, which takes the write bit for anyone but root.
 
@@ -402,7 +403,8 @@ class Cache:
         """
         dest = self.path(package_hash)
         try:
-            seal(tree, include_root=False)
+            if not sealed:
+                seal(tree, include_root=False)
             os.rename(tree, dest)
         except OSError as exc:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not dest.is_dir():

@@ -181,7 +181,7 @@ def _own_delivery(work: Path, tree: Path) -> Delivery:
     return Delivery(tree, work, result["bt2"], result["files"], result["bytes"], result["source"],
                     result["name"], result["version"], result["private"],
                     {k: v for k, v in result["aliases"].items() if k != "bt2"},
-                    result["transferred"], result["revision"])
+                    result["transferred"], result["revision"], sealed=result.get("sealed") is True)
 
 
 def _foreign_delivery(url: str, work: Path, tree: Path, announced: dict[str, str]) -> Delivery:

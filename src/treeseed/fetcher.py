@@ -71,13 +71,13 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
             digest = sha256_file(got.path)
         announce("archive-sha256", digest)
     # The pipeline only now, after the go-ahead for the early hashes (see the imports above).
-    from .assemble import adopt_tree, copy_tree, finish_tree
+    from .assemble import adopt_tree, copy_tree, finish_tree, seal_dirs
     from .hashing import hash_tree
     from .unpack import Limits, unpack_archive
 
     if got.kind == "archive":
         unpacked = unpack_archive(got.path, work / "tree", url, Limits.from_env(max_size),
-                                  archive_sha256=digest)
+                                  archive_sha256=digest, read_only=True)
     elif got.kind == "tree":
         unpacked = adopt_tree(got.path, url)
     else:
@@ -93,6 +93,11 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
     if extra:
         for fmt, value in hash_tree(package.root, package.entries, extra, url).items():
             announce(fmt, value)
+    # An unpacked archive's files were created read-only; its directories follow, last, once
+    # nothing more is deleted or written: the cache then installs it with a rename alone.
+    sealed = got.kind == "archive"
+    if sealed:
+        seal_dirs(package.root, unpacked.dirs)
     os.rename(package.root, work / PACKAGE_DIR)
     manifest = package.rules.manifest
     return {
@@ -106,6 +111,7 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
         "version": manifest.version if manifest else None,
         "private": bool(manifest and manifest.private),
         "aliases": dict(announce.sent),  # every hash this program derived, bt2 included
+        "sealed": sealed,  # files and directories below the root already read-only
     }
 
 

@@ -73,6 +73,10 @@ class Delivery:
     aliases: dict[str, str] = field(default_factory=dict)
     transferred: int = 0
     revision: str | None = None
+    #: treeseed's own fetcher already made everything below the root read-only (it created the
+    #: files so and sealed the directories): the install is then a rename. Never set for a tree
+    #: another program wrote: the cache seals those itself.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def install(cache: Cache, delivery: Delivery, expected: str | None = None,
         raise HashMismatch(shown_as or delivery.source, expected, delivery.hash)
     if also is not None:
         also.check(delivery.tree, delivery.hash)
-    created = cache.install(delivery.tree, delivery.hash)
+    created = cache.install(delivery.tree, delivery.hash, sealed=delivery.sealed)
     from .swarm.torrents import adopt as adopt_swarm_files
 
     adopt_swarm_files(cache, delivery.work, delivery.hash)

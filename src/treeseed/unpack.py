@@ -89,6 +89,9 @@ class Unpacked:
     entries: list[Entry]
     digests: dict[str, FileDigest]
     specials: dict[str, str] = field(default_factory=dict)  # path -> "a fifo", ... (not created)
+    #: Every directory created below ``root`` (relative paths), so the tree can be sealed
+    #: without a walk (:func:`treeseed.assemble.seal_dirs`); some may be gone after the rules.
+    dirs: list[str] = field(default_factory=list)
     archive_sha256: str | None = None
     archive_bytes: int = 0
 
@@ -145,8 +148,12 @@ class TreeWriter:
     all regular files, so a link can never redirect a later write.
     """
 
-    def __init__(self, dest: Path, source: str, limits: Limits) -> None:
+    def __init__(self, dest: Path, source: str, limits: Limits, read_only: bool = False) -> None:
         self.dest = dest
+        #: File modes, plain and executable. ``read_only`` creates files with the modes they
+        #: keep in the cache (0444 / 0555): the open that creates a file may write it whatever
+        #: the mode, so nothing needs a chmod per file afterwards (the cache's seal did one).
+        self._modes = (0o444, 0o555) if read_only else (0o644, 0o755)
         self.source = source
         self.limits = limits
         self._dest_b = os.fsencode(dest)
@@ -283,7 +290,7 @@ class TreeWriter:
         path = self._claim(raw_path, "file")
         self._reserve(path, size)
         fs_path = self._prepare(path)
-        mode = 0o755 if executable else 0o644
+        mode = self._modes[executable]
         hasher = MerkleHasher()
         try:
             fd = _create(fs_path, mode)
@@ -360,7 +367,9 @@ class TreeWriter:
             entries.append(Entry(path[cut:], "symlink", 0, False, target))
         entries.sort(key=lambda e: e.path.encode("utf-8"))
         specials = {path[cut:]: what for path, what in self.specials.items()}
-        return Unpacked(root, entries, digests, specials)
+        below = prefix + "/" if prefix else ""
+        dirs = [d[cut:] for d in self._made_dirs if d.startswith(below) and len(d) > cut]
+        return Unpacked(root, entries, digests, specials, dirs)
 
     def _strip_prefix(self) -> str:
         """The single top-level directory every entry lies in, or "" (Zig's and Nix's rule)."""
@@ -388,7 +397,7 @@ class TreeWriter:
         self._reserve(path, digest.size)  # every copy counts, or links would dodge the limit
         src = os.path.join(self._dest_b, os.fsencode(target))
         dst = self._prepare(path)
-        mode = 0o755 if executable else 0o644
+        mode = self._modes[executable]
         try:
             with open(src, "rb") as fin, open(_create(dst, mode), "wb") as fout:
                 while chunk := fin.read(CHUNK):
@@ -652,18 +661,19 @@ def _inflate(dec, fmt: str, data: bytes) -> Iterator[bytes]:  # type: ignore[no-
 
 def unpack_archive(
     archive: Path, dest: Path, source: str, limits: Limits | None = None,
-    archive_sha256: str | None = None,
+    archive_sha256: str | None = None, read_only: bool = False,
 ) -> Unpacked:
     """Unpack ``archive`` (any supported format, sniffed) into the empty directory ``dest``.
 
-    The archive's SHA-256 is taken on the way unless the caller already knows it.
+    The archive's SHA-256 is taken on the way unless the caller already knows it. With
+    ``read_only`` files are created with their cache modes (:class:`TreeWriter`).
     """
     limits = limits or Limits()
     with open(archive, "rb") as raw, _fast_gil_handoff():
         head = raw.read(512)
         fmt = detect_format(head, source)
         raw.seek(0)
-        writer = TreeWriter(dest, source, limits)
+        writer = TreeWriter(dest, source, limits, read_only)
         if fmt == "zip":
             _read_zip(raw, writer, source)
             digest, size = archive_sha256, os.fstat(raw.fileno()).st_size
