@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                         "or a package hash bt2-<hex> (from mirrors, then the swarm), or another "
                         "tool's hash of it: zig, Nix NAR (sha256-...) or store path, git tree, "
                         "swh:1:dir (found through the index, mirrors and DHT, then verified); "
+                        "ipfs://CID or a bare CIDv1: the IPFS gateways, then the same; "
                         "without it: "
                         "every non-lazy dependency of the package here, and theirs")
     p.add_argument("--lazy", action="store_true",
@@ -69,9 +70,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from ..fetch import fetch
     from ..ids import is_bt2
 
+    alias = None if args.url.startswith("ipfs://") else _other_hash(args.url)
     if is_bt2(args.url):
         result = _fetch_by_hash(args)
-    elif (alias := _other_hash(args.url)) is not None:
+    elif (args.url.startswith("ipfs://") or (alias and alias[0] == "ipfs")) and not args.expected:
+        result = _fetch_by_cid(args, args.url if alias is None else f"ipfs://{alias[1]}")
+    elif alias is not None:
         result = _fetch_by_alias(args, *alias)
     else:
         if is_offline(args) and not (args.expected and open_cache(args).has(args.expected)):
@@ -145,6 +149,23 @@ def _other_hash(text: str) -> tuple[str, str] | None:
     from ..swarm.aliases import parse_hash
 
     return parse_hash(text)
+
+
+def _fetch_by_cid(args: argparse.Namespace, url: str):
+    """``treeseed fetch ipfs://<cid>`` (or a bare CIDv1): the IPFS gateways, then the
+    package's ipfs alias among treeseed mirrors and peers (:func:`treeseed.locate.obtain_by_cid`)."""
+    from ..install import cached_result
+    from ..locate import announce_new, obtain_by_cid
+
+    cache, settings = open_cache(args), settings_for(args)
+    limits = limits_for(args) if args.max_size else None
+    with display(args) as progress:
+        result = obtain_by_cid(cache, url, settings, offline=is_offline(args), progress=progress,
+                               limits=limits)
+    announce_new(cache, result, settings)
+    if args.formats:
+        result = cached_result(cache, result.hash, result.source, args.formats)
+    return result
 
 
 def _fetch_by_alias(args: argparse.Namespace, fmt: str, value: str):

@@ -63,7 +63,10 @@ class IpfsSource:
             try:
                 size = self._from(gateway, target, progress)
             except (TreeseedError, OSError, urllib3.exceptions.HTTPError) as exc:
-                failures.append(f"gateway {gateway}: {exc}")
+                from .http import _describe
+
+                why = _describe(exc) if isinstance(exc, urllib3.exceptions.HTTPError) else str(exc)
+                failures.append(f"gateway {gateway}: {why}")
                 shutil.rmtree(target, ignore_errors=True)
                 continue
             return Fetched("tree", target, bytes_transferred=size)
