@@ -9,14 +9,17 @@
 // application/vnd.ipld.raw) and checks each against its CID. The body is written to OUT.
 //
 // Every outgoing TCP connection and DNS lookup goes through a guard: anything but loopback is
-// refused (the script fails), and the addresses connected to are printed as JSON on stdout,
+// refused, and so is any UDP socket (the script then fails). The addresses connected to are
+// printed as JSON on stdout,
 // {"connections": ["127.0.0.1:PORT", ...], "status": 200, "bytes": N}, for the test to check.
 // A non-2xx answer, an error or a fetch that never settles (every block refused) exits 1 with
 // the reason on stderr; with DEBUG=helia:trustless-gateway*:error the client's own refusals
 // (InvalidMultihashError: the hash of a downloaded block did not match its CID) show there too.
+import dgram from 'node:dgram'
 import dns from 'node:dns'
 import net from 'node:net'
 import { writeFile } from 'node:fs/promises'
+import { syncBuiltinESMExports } from 'node:module'
 
 // Node 20 lacks Promise.withResolvers, which the libraries use (Node 22 has it).
 if (typeof Promise.withResolvers !== 'function') {
@@ -58,6 +61,14 @@ for (const name of ['lookup', 'resolve', 'resolve4', 'resolve6', 'resolveAny', '
   }
 }
 
+// Nothing here should speak UDP (no libp2p, no mDNS, no DNS of its own): any socket is refused.
+dgram.createSocket = function (type) {
+  refused.push(`udp:${typeof type === 'string' ? type : type?.type}`)
+  throw new Error('refused a UDP socket: this client must only speak HTTP to the gateway')
+}
+
+syncBuiltinESMExports() // so that `import { lookup } from 'node:dns'` gets the guards too
+
 const [gateway, path, out] = process.argv.slice(2)
 const { createHeliaLight } = await import('helia')
 const { trustlessGatewayBlockBroker } = await import('@helia/trustless-gateway-client')
@@ -85,7 +96,7 @@ let settled = false
 process.on('exit', () => {
   if (!settled) {
     console.log(JSON.stringify({ connections, refused, status: null, stalled: true }))
-    process.stderr.write('verified-fetch never answered: no provider gave a block that matched its CID\n')
+    process.stderr.write('verified-fetch never answered: no provider gave a block that matched its CID (or every connection was refused)\n')
     process.exitCode = 1
   }
 })
