@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BadPackage, UnpackError
-from .hashing.bt2 import FileDigest, MerkleHasher
+from .hashing.bt2 import BLOCK_SIZE, FileDigest, MerkleHasher, digest_block
 from .package import Entry, check_path
 from .tar import MAX_META_TOTAL, TarReader
 
@@ -181,7 +181,10 @@ class TreeWriter:
                               "(repeated entries included): a hostile or broken archive")
 
     def _claim(self, raw_path: str, kind: str) -> str:
-        path = self._clean(raw_path)
+        return self._claim_clean(self._clean(raw_path), raw_path, kind)
+
+    def _claim_clean(self, path: str, raw_path: str, kind: str) -> str:
+        """:meth:`_claim` of a path :meth:`_clean` already returned (checked once, not twice)."""
         if not path:
             raise UnpackError(self.source, raw_path, f"a {kind} entry names the package root itself")
         if len(self.kinds) >= self.limits.max_entries:
@@ -231,7 +234,7 @@ class TreeWriter:
         self._tick(raw_path)
         path = self._clean(raw_path)
         if path:
-            self._claim(path, "dir")
+            self._claim_clean(path, raw_path, "dir")
 
     def add_special(self, raw_path: str, what: str) -> None:
         """Record a device, fifo or socket: an error unless the package rules exclude it."""
@@ -291,18 +294,14 @@ class TreeWriter:
         self._reserve(path, size)
         fs_path = self._prepare(path)
         mode = self._modes[executable]
-        hasher = MerkleHasher()
         try:
             fd = _create(fs_path, mode)
             try:
-                for chunk in chunks:
-                    hasher.update(chunk)
-                    _write_all(fd, chunk)
+                digest = _write_small(fd, chunks) if size <= BLOCK_SIZE else _write_hashed(fd, chunks)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise UnpackError(self.source, path, f"cannot write: {exc.strerror}") from None
-        digest = hasher.finish()
         self._check_size(path, size, digest.size)
         self.files[path] = (executable, digest)
 
@@ -449,8 +448,30 @@ def _umask() -> int:
     return _UMASK[0]
 
 
+def _write_small(fd: int, chunks: Iterator[bytes | memoryview]) -> FileDigest:
+    """Write a file whose header says it fits one 16 KiB block, in one write, and hash it as
+    one leaf. The readers yield no more than the header's size (tar) or the declared size
+    (zip), so the join is bounded; a file that comes up short fails the caller's size check."""
+    data = b"".join(chunks)
+    if data:
+        _write_all(fd, data)
+    return digest_block(data)
+
+
+def _write_hashed(fd: int, chunks: Iterator[bytes | memoryview]) -> FileDigest:
+    """Write a file chunk by chunk while the BEP 52 hasher reads the same buffers."""
+    hasher = MerkleHasher()
+    for chunk in chunks:
+        hasher.update(chunk)
+        _write_all(fd, chunk)
+    return hasher.finish()
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # a regular file takes it all at once: no view needed
+        return
+    view = memoryview(data)[written:]
     while view:
         view = view[os.write(fd, view):]
 

@@ -107,6 +107,16 @@ class MerkleHasher:
         return FileDigest(self.size, root, layer if self.size > PIECE_LENGTH else b"", leaves)
 
 
+def digest_block(data: bytes | bytearray | memoryview) -> FileDigest:
+    """The merkle summary of a file of at most one 16 KiB block: what :class:`MerkleHasher`
+    gives (the root is the one leaf, there is no piece layer and no leaves list), without its
+    buffers and tree. Most files of a source archive are this small."""
+    n = len(data)
+    if n > BLOCK_SIZE:
+        raise ValueError(f"{n} bytes is more than one block")
+    return FileDigest(n, _sha256(data).digest()) if n else FileDigest(0, None)
+
+
 def merkle_root(leaves: Sequence[bytes]) -> tuple[bytes, bytes]:
     """Return (root, piece layer) of ``leaves`` padded with zero leaves to a power of two.
 
