@@ -154,6 +154,10 @@ class Resolver:
                     if pool is None:  # imported here: a fully cached run never needs it
                         from concurrent.futures import ThreadPoolExecutor
 
+                        if pending:  # more fetches may follow: their forks share one import
+                            from .fetchers import preload_pipeline
+
+                            preload_pipeline()
                         pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="treeseed-dep")
                     running[pool.submit(self._fetch, task)] = task
                 if not running:
