@@ -22,19 +22,18 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache import Cache
 from ..errors import CacheError
-from ..hashing.bencode import bdecode, bencode
-from ..hashing.bt2 import (
-    PIECE_LENGTH,
-    FileDigest,
-    merkle_layers,
-    merkle_root,
-    torrent_bytes,
-)
 from ..ids import hex_of
-from ..package import Entry
+
+# The hashing package is imported where used: every install imports this module for
+# :func:`adopt` alone, after its fetcher has finished, and importing ``treeseed.hashing``
+# (its thread pool, logging with it) cost ~11 ms there, on the way to the package's rename.
+if TYPE_CHECKING:
+    from ..hashing.bt2 import FileDigest
+    from ..package import Entry
 
 LEAF = 32
 
@@ -54,6 +53,8 @@ def write(directory: Path, package_hash: str, entries: list[Entry],
     its leaves are too. ``info`` is the bencoded info dict the hash was taken over, when the
     caller has it (:attr:`treeseed.assemble.PackageTree.info`): encoding it again cost as much
     as the first time."""
+    from ..hashing.bt2 import torrent_bytes
+
     data = torrent_bytes(entries, digests, source, info or None)
     leaves = _leaves_bytes(digests)
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,8 @@ def generate(cache: Cache, package_hash: str) -> None:
 
 def _read_checked(cache: Cache, package_hash: str) -> bytes | None:
     """The stored .torrent if it is there and its info dict hashes to the package's name."""
+    from ..hashing.bencode import bdecode, bencode
+
     try:
         data = torrent_path(cache, package_hash).read_bytes()
     except FileNotFoundError:
@@ -124,6 +127,9 @@ def _read_checked(cache: Cache, package_hash: str) -> bytes | None:
 def read_leaves(cache: Cache, package_hash: str) -> dict[bytes, bytes]:
     """The stored block hashes, keyed by pieces root; entries that do not rebuild their root
     are dropped (a file whose leaves are missing is then seeded from its piece layer only)."""
+    from ..hashing.bencode import bdecode
+    from ..hashing.bt2 import merkle_root
+
     try:
         raw = bdecode(leaves_path(cache, package_hash).read_bytes())
     except (FileNotFoundError, ValueError):
@@ -140,6 +146,9 @@ def resume_data(cache: Cache, package_hash: str, save_path: Path, file_roots: It
     """libtorrent resume data for seeding the package from ``save_path``: every piece present
     and verified, and each file's full merkle tree (``file_roots`` lists each file's pieces
     root in libtorrent's file order; None or all-zero for empty files and symlinks)."""
+    from ..hashing.bencode import bdecode, bencode
+    from ..hashing.bt2 import PIECE_LENGTH, merkle_layers
+
     data = torrent_file(cache, package_hash)
     info = bdecode(data)[b"info"]
     leaves = read_leaves(cache, package_hash)
@@ -172,6 +181,8 @@ def resume_data(cache: Cache, package_hash: str, save_path: Path, file_roots: It
 
 def total_size(torrent: bytes) -> int:
     """Bytes of file content a .torrent describes (libtorrent refuses a torrent of none)."""
+    from ..hashing.bencode import bdecode
+
     return sum(_file_sizes(bdecode(torrent)[b"info"]))
 
 
