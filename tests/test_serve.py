@@ -651,7 +651,7 @@ class FileTouches:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, quiet_threads: set[str]) -> None:
         self.events: list[tuple[str, str]] = []
         self.recording = False
-        self._quiet = quiet_threads  # the test's own client thread, the relist thread
+        self._quiet = quiet_threads  # threads that answer no request
         sys.addaudithook(self._audit)  # cannot be removed: it does nothing while not recording
         for name in ("stat", "lstat"):
             monkeypatch.setattr(os, name, self._wrap(name, getattr(os, name)))
@@ -702,7 +702,10 @@ def test_private_and_absent_take_the_same_path(tmp_path: Path,
     server = make_server(cache, "127.0.0.1:0", quiet=True, err=io.StringIO())
     thread = threading.Thread(target=server.serve_forever, name="serve-under-test", daemon=True)
     thread.start()
-    touches = FileTouches(monkeypatch, {threading.current_thread().name, "treeseed-serve-relist"})
+    # Not recorded: the test's own client, and the two background threads that never answer a
+    # request (the relist of p/, and the Nix store-path indexer hashing every package once).
+    touches = FileTouches(monkeypatch, {threading.current_thread().name, "treeseed-serve-relist",
+                                        "treeseed-serve-nix-index"})
     port = server.server_address[1]
 
     def ask(path: str) -> Callable[[], int]:
