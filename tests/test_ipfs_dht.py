@@ -51,6 +51,16 @@ def test_fetch_ipfs_url_finds_the_package_among_treeseed_peers(tmp_path: Path, n
     again = json.loads(b.fetch(cid, "--json", timeout=180).stdout)
     assert again["hash"] == package and again["cached"] is True and again.get("ipfs") == cid
 
+    # treeseed add takes the same way: D, whose gateway is dead too, adds the package by CID.
+    d = nodes("d", ipfs_gateways=dead[:1], **dht_settings(dht_router.node))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "treeseed.toml").write_text('[package]\nname = "app"\n')
+    d.run("-C", str(project), "add", f"ipfs://{cid}", "--torrent", timeout=180)
+    manifest = (project / "treeseed.toml").read_text()
+    assert f'url = "ipfs://{cid}"' in manifest and package in manifest, manifest
+    assert cached(d) == {package}
+
 
 def test_a_wrong_ipfs_hint_in_the_dht_installs_nothing(tmp_path: Path, nodes,  # type: ignore[no-untyped-def]
                                                        dht_router) -> None:

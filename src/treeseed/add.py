@@ -44,7 +44,7 @@ def add(root: Path, url: str, cache: Cache, settings: Settings, name: str | None
     written relative to ``root``, as they will be read.
     """
     from .fetch import fetch
-    from .locate import announce_new
+    from .locate import announce_new, fetch_unpinned
     from .naming import dependency_name, safe_name
 
     if name is not None and safe_name(name) != name:
@@ -55,7 +55,7 @@ def add(root: Path, url: str, cache: Cache, settings: Settings, name: str | None
         _refuse_network(urls)
     absolute = [u if "://" in u else Path(u).resolve().as_uri() for u in urls]
     first = learn_before(absolute[0])
-    result = fetch(absolute[0], cache, progress=progress)
+    result = fetch_unpinned(absolute[0], cache, settings, progress=progress)
     for mirror in absolute[1:]:  # every URL of a dependency must give the same package
         fetch(mirror, cache, result.hash, check_source=True)
     if first is not None:

@@ -263,7 +263,7 @@ class Resolver:
                         result.transferred, task.parent, dep.lazy, base=declared)
 
     def _first_url(self, task: Request, cache: Cache) -> Resolved:
-        from .fetch import fetch
+        from .locate import fetch_unpinned
 
         dep = task.dep
         reasons: list[str] = []
@@ -274,8 +274,10 @@ class Resolver:
                 continue
             self.events.started(dep, url)
             try:
-                result = fetch(url, cache, None, fetchers=self.fetchers, marks=_marks(dep),
-                               progress=lambda done, total: self.events.progress(dep, done, total))
+                result = fetch_unpinned(
+                    url, cache, self.settings, [dep.name], fetchers=self.fetchers,
+                    marks=_marks(dep),
+                    progress=lambda done, total: self.events.progress(dep, done, total))
             except TreeseedError as exc:
                 why = str(exc)
                 reasons.append(why if why.startswith(url) else f"{url}: {why}")

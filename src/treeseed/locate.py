@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cache import Cache
 from .errors import AliasMismatch, FetchError, TreeseedError
@@ -270,6 +270,26 @@ def obtain_by_alias(
     raise AllSourcesFailed(wanted, reasons)
 
 
+def fetch_unpinned(url: str, cache: Cache, settings: Settings | None = None,
+                   names: Sequence[str] = (), **options: Any) -> FetchResult:
+    """Fetch a URL whose package hash nobody pinned yet (``add``, an unpinned dependency):
+    an ``ipfs://`` URL names its content, so it may also come from treeseed peers
+    (:func:`obtain_by_cid`), unless the dependency is private (a ``marks`` option, or one of
+    ``names`` in the ``private`` setting: its CID is never looked up); any other URL is asked alone (:func:`treeseed.fetch.fetch`).
+    ``options`` go to ``fetch`` (``progress``, ``fetchers``, ``marks``, ...)."""
+    from .schemes import scheme_of
+
+    if scheme_of(url).module == "ipfs" and not options.get("marks"):
+        from .config import Settings
+
+        return obtain_by_cid(cache, url, settings or Settings.defaults(),
+                             progress=options.get("progress"), fetchers=options.get("fetchers"),
+                             names=names)
+    from .fetch import fetch
+
+    return fetch(url, cache, None, **options)
+
+
 def obtain_by_cid(
     cache: Cache,
     url: str,
@@ -278,6 +298,7 @@ def obtain_by_cid(
     progress: Callable[[int, int | None], None] | None = None,
     limits: Limits | None = None,
     fetchers: dict[str, str] | None = None,
+    names: Sequence[str] = (),
 ) -> FetchResult:
     """Fetch ``ipfs://<cid>``: the ``ipfs_gateways`` first (:mod:`treeseed.sources.ipfs`),
     then, when every one failed or none is configured, the package's ``ipfs`` alias
@@ -312,7 +333,7 @@ def obtain_by_cid(
             errors.append(exc)
     try:
         return obtain_by_alias(cache, "ipfs", source.cid_text, settings, offline=offline,
-                               progress=progress)
+                               progress=progress, names=names)
     except TreeseedError as exc:
         reasons.extend(getattr(exc, "reasons", None) or [str(exc)])
         errors.append(exc)
