@@ -20,11 +20,12 @@ import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import NonBlockingAcceptServer
 
 GIT_TIMEOUT = 120
 
@@ -272,8 +273,7 @@ def _parse_cgi(out: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
     return status, reason, headers, payload
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(NonBlockingAcceptServer):
     owner: GitServer
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
 from collections.abc import Mapping
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -91,3 +93,24 @@ def run_on_terminal(*args: str, cache: Path) -> str:
         os.close(controller)
         assert proc.wait(timeout=60) == 0
     return screen.decode("utf-8", "replace")
+
+
+class NonBlockingAcceptServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer whose listening socket never blocks in ``accept``.
+
+    socketserver polls the listening socket, then calls a blocking ``accept``; when the
+    readiness it saw has nothing behind it by then, that ``accept`` waits for the next
+    client, and ``shutdown()`` waits with it (a test worker hung 40 minutes so). Non-blocking,
+    such an ``accept`` raises, socketserver skips it, and the loop sees its shutdown flag.
+    Each accepted connection is blocking, as handlers expect."""
+
+    daemon_threads = True
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.socket.setblocking(False)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        conn, addr = self.socket.accept()
+        conn.setblocking(True)
+        return conn, addr
