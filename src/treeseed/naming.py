@@ -35,7 +35,6 @@ import json
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -133,6 +132,8 @@ def _toml_table(tree: Path, filename: str, table: str) -> str | None:
     text = _small_file(tree / filename)
     if text is None:
         return None
+    import tomllib  # only here: name_from_url, on every fetch's path, needs none of it
+
     try:
         section = tomllib.loads(text).get(table)
     except tomllib.TOMLDecodeError:

@@ -17,9 +17,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from .deps import Events, Resolved
-from .manifest import Dependency
+if TYPE_CHECKING:  # a single fetch's display (FetchProgress) needs neither
+    from .deps import Events, Resolved
+    from .manifest import Dependency
 
 
 def human(n: float) -> str:
@@ -118,6 +120,8 @@ def reporter(quiet: bool = False, force_plain: bool = False) -> Iterator[tuple[E
     """Yield (events, summary); prints progress while the block runs, the summary after."""
     summary = Summary()
     if quiet:
+        from .deps import Events
+
         yield Events(finished=summary.add), summary
         return
     if sys.stderr.isatty() and not force_plain:
@@ -136,6 +140,8 @@ def _interrupted() -> bool:
 
 
 def _plain(summary: Summary) -> Events:
+    from .deps import Events
+
     stalls = StallWatch()
 
     def started(dep: Dependency, url: str) -> None:
@@ -164,6 +170,8 @@ def _plain(summary: Summary) -> Events:
 @contextmanager
 def _live(summary: Summary) -> Iterator[Events]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from .deps import Events
 
     bars = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), transient=True)
