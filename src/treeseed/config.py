@@ -15,55 +15,22 @@ hand-edited file keeps its comments, and goes through one atomic rename.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+# Where the file is and what it says: a module of its own, light enough for a fetch of one URL.
+from .configfile import config_path as config_path
+from .configfile import fetchers as fetchers
+from .configfile import load as load
 from .errors import ManifestError, TreeseedError
 from .ids import is_bt2
 
 
 class ConfigError(TreeseedError):
     """A setting's name or value is not valid."""
-
-
-def config_path() -> Path:
-    env = os.environ.get("TREESEED_CONFIG")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("treeseed", appauthor=False)) / "config.toml"
-
-
-def load() -> dict:
-    path = config_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(str(path), f"invalid TOML: {exc}") from None
-
-
-def fetchers(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Scheme -> command: the config file's ``[fetchers]``, overridden by ``extra`` (the root
-    package's own ``[fetchers]``). Only these two places: a dependency's manifest must never
-    choose what runs on the user's machine."""
-    table = load().get("fetchers", {})
-    path = config_path()
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise ManifestError(str(path), "[fetchers] maps a URL scheme to a command string",
-                            key="fetchers")
-    return {**table, **(extra or {})}
 
 
 # --------------------------------------------------------------------------- value types

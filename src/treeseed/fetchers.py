@@ -547,7 +547,7 @@ def _quiet_fork_warning() -> None:
 
 def _user_config_fetchers() -> dict[str, str]:
     """The ``[fetchers]`` of the user config file ($TREESEED_CONFIG), when the caller passed none."""
-    from .config import fetchers
+    from .configfile import fetchers
 
     return fetchers()
 
