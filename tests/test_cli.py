@@ -314,3 +314,24 @@ def test_a_scheme_nobody_fetches_is_one_line_naming_what_to_configure(cache_dir:
     assert "no fetcher for scheme 's3'" in lines[0] and "git+file://" in lines[0]
     assert '[fetchers] "s3" = "command ..."' in lines[0]
     assert not (cache_dir / "p").exists() or not any((cache_dir / "p").iterdir())
+
+
+def test_the_parser_of_one_command_is_the_full_parser_s() -> None:
+    """main builds only the named command's family; every command must parse the same there
+    as in the whole parser, and each family must register exactly its FAMILIES entries."""
+    from treeseed.cli import FAMILIES, build_parser, command_of
+
+    full = build_parser()
+    commands = next(a for a in full._actions if a.choices)
+    assert set(commands.choices) == set(FAMILIES)
+    for command in FAMILIES:
+        alone = build_parser(command)
+        only = next(a for a in alone._actions if a.choices)
+        assert command in only.choices
+        assert set(only.choices) == {c for c, m in FAMILIES.items() if m is FAMILIES[command]}
+        assert (only.choices[command].format_usage().split(" ", 2)[2]
+                == commands.choices[command].format_usage().split(" ", 2)[2])
+    assert command_of(["--cache-dir", "fetch", "-q", "hash", "x"]) == "hash"
+    assert command_of(["-C", "dir", "-v", "seed", "status"]) == "seed"
+    assert command_of(["--cache-dir=x", "update"]) == "update"
+    assert command_of(["nosuch"]) is None and command_of(["-q"]) is None

@@ -34,6 +34,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 from ..errors import TreeseedError
@@ -45,7 +46,8 @@ __all__ = ["ALL_FORMATS", "Interrupted", "build_parser", "main", "parse_duration
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -170,7 +172,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Each command, and the module that registers it (with its siblings).
+FAMILIES = {"hash": hash, "fetch": fetch, "add": fetch, "build": build, "update": deps,
+            "path": deps, "serve": serve, "zig": zig, "nix": nix, "config": config,
+            "seed": seed, "stats": seed, "cache": cache}
+#: The options before a command that take a value as the next argument.
+_VALUED = {"--cache-dir", "-C"}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, if it is a known one: the first argument that is neither an
+    option nor an option's value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in FAMILIES else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or, given the ``command`` about to run, only its family's
+    subcommands: building every subparser (argparse looks up a translation for each help
+    string) is a fifth of a small fetch's start-up, and one family is what parsing needs."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
                         help="cache root (default: $TREESEED_CACHE_DIR or the user cache dir)")
@@ -194,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch source packages by content hash into a verified global cache.",
     )
     sub = parser.add_subparsers(metavar="COMMAND")
+    if command is not None:
+        _register(FAMILIES[command], sub, common, torrent)
+        return parser
     # In the order `treeseed --help` lists them.
     hash.register(sub, common)
     fetch.register(sub, common, torrent)  # fetch, add
@@ -206,3 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed.register(sub, common, torrent)  # seed, stats
     cache.register(sub, common)
     return parser
+
+
+def _register(module: ModuleType, sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
+              torrent: argparse.ArgumentParser) -> None:
+    """``module.register`` with the parents it takes (the families that fetch take --torrent)."""
+    if module in (fetch, build, deps, zig, seed):
+        module.register(sub, common, torrent)
+    else:
+        module.register(sub, common)
