@@ -111,24 +111,25 @@ def test_fetch_by_nar_and_zig_hash_through_the_dht(tmp_path: Path, nodes, dht_ro
         assert other_hashes(node.package(package), package)[fmt] == hashes[fmt]
 
 
-def plant_a_wrong_hint(tmp_path: Path, nodes, dht_router) -> tuple[str, str]:
+def plant_a_wrong_hint(tmp_path: Path, nodes, dht_router, fmt: str = "nar") -> tuple[str, str]:
     """A seeds a package; then anyone (here, a session of our own) writes a DHT item that
-    names A's package for another tree's NAR hash. Returns (A's package, that NAR hash)."""
+    names A's package for another tree's hash in ``fmt``. Returns (A's package, that hash)."""
     from treeseed.config import Settings
     from treeseed.swarm.session import Swarm
 
     a = nodes("a", **dht_settings(dht_router.node))
     seeded = a.install(small_tree(tmp_path / "src", "seeded"))
     a.start_seeder()
-    wait_published(a, "nar", other_hashes(a.package(seeded), seeded)["nar"])
+    own = hash_tree(a.package(seeded), scan_tree(a.package(seeded), seeded), [fmt])[fmt]
+    wait_published(a, fmt, own)
     absent = small_tree(tmp_path / "absent", "absent")
-    wanted = hash_tree(absent, scan_tree(absent, "absent"), ["nar"])["nar"]
+    wanted = hash_tree(absent, scan_tree(absent, "absent"), [fmt])[fmt]
     swarm = Swarm(Settings({**Settings.defaults().values, "listen": f"127.0.0.1:{free_port()}",
                             "lsd": False, "upnp": False, **dht_settings(dht_router.node)},
                            frozenset()))
     dht = aliases.AliasDht(swarm)
     try:
-        assert dht.put("nar", wanted, seeded) > 0
+        assert dht.put(fmt, wanted, seeded) > 0
     finally:
         dht.close()
         swarm.close()

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from swarmkit import cached, free_port, small_tree
-from test_dht_aliases import dht_settings, wait_published
+from test_dht_aliases import dht_settings, plant_a_wrong_hint, wait_published
 
 from treeseed.cache import Cache
 from treeseed.hashing import hash_tree
@@ -66,26 +66,7 @@ def test_a_wrong_ipfs_hint_in_the_dht_installs_nothing(tmp_path: Path, nodes,  #
                                                        dht_router) -> None:
     """Anyone can write an alias item: one naming A's package for another tree's CID makes
     B fetch A's package by its bt2 hash, hash it as UnixFS, find another CID, and refuse it."""
-    from treeseed.config import Settings
-    from treeseed.swarm import aliases
-    from treeseed.swarm.session import Swarm
-
-    a = nodes("a", **dht_settings(dht_router.node))
-    seeded = a.install(small_tree(tmp_path / "src", "seeded"))
-    a.start_seeder()
-    own = hash_tree(a.package(seeded), scan_tree(a.package(seeded), seeded), ["ipfs"])["ipfs"]
-    wait_published(a, "ipfs", own)
-    absent = small_tree(tmp_path / "absent", "absent")
-    wanted = hash_tree(absent, scan_tree(absent, "absent"), ["ipfs"])["ipfs"]
-    swarm = Swarm(Settings({**Settings.defaults().values, "listen": f"127.0.0.1:{free_port()}",
-                            "lsd": False, "upnp": False, **dht_settings(dht_router.node)},
-                           frozenset()))
-    dht = aliases.AliasDht(swarm)
-    try:
-        assert dht.put("ipfs", wanted, seeded) > 0
-    finally:
-        dht.close()
-        swarm.close()
+    seeded, wanted = plant_a_wrong_hint(tmp_path, nodes, dht_router, "ipfs")
     b = nodes("b", ipfs_gateways=[f"http://127.0.0.1:{free_port()}"], **dht_settings(dht_router.node))
     refused = b.fetch(f"ipfs://{wanted}", check=False, timeout=180)
     assert refused.returncode == 1, refused.stdout + refused.stderr
