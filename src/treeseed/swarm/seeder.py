@@ -149,7 +149,6 @@ class Seeder:
         while not self.stopping.wait(SCAN_INTERVAL):
             self._maybe_announce()
             self.swarm.announce_some()
-            self.swarm.fit_dht_budget()
             self.scan()
             self.record_stats()
             if time.monotonic() - last_save > SAVE_INTERVAL:
@@ -232,6 +231,7 @@ class Seeder:
             self._status.pop(gone, None)
         for package_hash in sorted(on_disk - set(self.swarm.seeding) - self._skipped):
             self.add(package_hash)
+        self.swarm.fit_dht_budget()  # the packages seeded changed: so does our DHT traffic
 
     def add(self, package_hash: str) -> bool:
         assert self.swarm is not None
@@ -488,7 +488,7 @@ class Seeder:
         out = {name[4:]: counters.get(f"dht.{name}", 0) for name in names}
         out["alias_puts"] = self.aliases.puts if self.aliases is not None else 0
         out["first_announces_left"] = self.swarm.first_announces_left if self.swarm else 0
-        out["upload_rate_limit"] = self.swarm.fit_dht_budget() if self.swarm else 0
+        out["upload_rate_limit"] = self.swarm.dht_budget if self.swarm else 0
         return out
 
     def _serve_socket(self) -> None:
@@ -536,7 +536,10 @@ class Seeder:
         if op == "added":
             package_hash = str(request.get("hash"))
             self._reread_sharing(package_hash)
-            return {"ok": self.cache.has(package_hash) and self.add(package_hash)}
+            added = self.cache.has(package_hash) and self.add(package_hash)
+            if added and self.swarm is not None:
+                self.swarm.fit_dht_budget()
+            return {"ok": added}
         if op == "alias":  # the DHT's hint for another format's hash (swarm/aliases.py)
             if self.aliases is None:
                 return {"error": "the DHT is off"}

@@ -301,6 +301,11 @@ class Swarm:
         """Packages whose first announce :meth:`announce_some` has still to make."""
         return len(self._to_announce)
 
+    @property
+    def dht_budget(self) -> int:
+        """The ``dht_upload_rate_limit`` in force (:meth:`fit_dht_budget` sets it)."""
+        return self._dht_budget
+
     def fit_dht_budget(self) -> int:
         """Set ``dht_upload_rate_limit`` for the packages seeded now (see
         :data:`DHT_BYTES_PER_SECOND_PER_PACKAGE`); applied only when that number changed, so
