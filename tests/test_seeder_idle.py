@@ -4,27 +4,48 @@ limits silently stop announcing past a few hundred torrents). Loopback only."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from swarmkit import small_tree
 
 from treeseed.cache import Cache
 
+if TYPE_CHECKING:
+    from swarmkit import Node
 
-def test_idle_seeder_rewrites_no_resume_data(tmp_path: Path, nodes,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from treeseed.swarm.seeder import Seeder
+
+
+@contextmanager
+def seeder_of(tmp_path: Path, nodes, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+              count: int, name: str) -> Iterator[tuple[Node, list[str], Cache, Seeder]]:
+    """A cache of ``count`` small shared packages and a started in-process Seeder for it:
+    (the node, the packages, the cache, the seeder); stopped and closed afterwards."""
     from treeseed.config import settings
     from treeseed.swarm.seeder import Seeder
 
     a = nodes("a")
-    hashes = [a.install(small_tree(tmp_path / f"src-{i}", f"idle-{i}")) for i in range(3)]
+    hashes = [a.install(small_tree(tmp_path / f"src-{i}", f"{name}-{i}")) for i in range(count)]
     monkeypatch.setenv("TREESEED_CONFIG", str(a.config))
     cache = Cache(a.cache)
     seeder = Seeder(cache, settings())
     seeder.start()
     try:
         assert seeder.swarm is not None
+        yield a, hashes, cache, seeder
+    finally:
+        seeder.stop()
+        seeder.shutdown()
+        cache.close()
+
+
+def test_idle_seeder_rewrites_no_resume_data(tmp_path: Path, nodes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    with seeder_of(tmp_path, nodes, monkeypatch, 3, "idle") as (a, hashes, _, seeder):
         handles = dict(seeder.swarm.seeding)
         assert set(handles) == set(hashes)
         assert not any(h.status().auto_managed for h in handles.values())
@@ -48,10 +69,6 @@ def test_idle_seeder_rewrites_no_resume_data(tmp_path: Path, nodes,
         status = seeder.status()
         assert sorted(p["hash"] for p in status["packages"]) == sorted(hashes)
         assert {p["state"] for p in status["packages"]} == {"seeding"}
-    finally:
-        seeder.stop()
-        seeder.shutdown()
-        cache.close()
 
 
 def test_dht_upload_budget_follows_the_packages_seeded(tmp_path: Path, nodes,
@@ -59,22 +76,13 @@ def test_dht_upload_budget_follows_the_packages_seeded(tmp_path: Path, nodes,
     """libtorrent stops answering other DHT nodes once its own messages use up
     dht_upload_rate_limit; the seeder's own traffic grows with its packages, so does the limit,
     and the status shows the one libtorrent has."""
-    from treeseed.config import settings
     from treeseed.swarm.client import notify_added
-    from treeseed.swarm.seeder import Seeder
     from treeseed.swarm.session import (
         DHT_BASE_BYTES_PER_SECOND,
         DHT_BYTES_PER_SECOND_PER_PACKAGE,
     )
 
-    a = nodes("a")
-    first = [a.install(small_tree(tmp_path / f"src-{i}", f"budget-{i}")) for i in range(2)]
-    monkeypatch.setenv("TREESEED_CONFIG", str(a.config))
-    cache = Cache(a.cache)
-    seeder = Seeder(cache, settings())
-    seeder.start()
-    try:
-        assert seeder.swarm is not None
+    with seeder_of(tmp_path, nodes, monkeypatch, 2, "budget") as (a, first, cache, seeder):
 
         def limits() -> tuple[int, int]:
             shown = seeder.status()["dht"]["upload_rate_limit"]
@@ -85,7 +93,3 @@ def test_dht_upload_budget_follows_the_packages_seeded(tmp_path: Path, nodes,
         notify_added(cache, later)  # what a fetch does: the seeder rereads sharing, adds it
         assert limits() == (DHT_BASE_BYTES_PER_SECOND + 3 * DHT_BYTES_PER_SECOND_PER_PACKAGE,) * 2
         assert set(seeder.swarm.seeding) == {*first, later}
-    finally:
-        seeder.stop()
-        seeder.shutdown()
-        cache.close()

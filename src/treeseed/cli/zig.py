@@ -28,12 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                         help="fetch, verify and place the build.zig.zon dependencies where Zig looks")
     p.add_argument("--fetch", dest="fetch_mode", choices=("needed", "all"), default="needed",
                    help="needed: skip lazy dependencies (default); all: fetch them too")
-    p.add_argument("--zig-version", default="auto", choices=ZIG_VERSIONS,
-                   help="the Zig that will build (auto: ask 'zig version')")
-    p.add_argument("--global-cache-dir", type=Path,
-                   help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
-    p.add_argument("--pkg-dir", type=Path,
-                   help="Zig 0.16+: the project's package directory (default: zig-pkg)")
+    _where_zig_looks(p)
     p.add_argument("-j", "--jobs", type=positive_int, default=4,
                    help="packages fetched at once (default 4)")
     p.add_argument("--json", action="store_true", help="print what was placed as JSON")
@@ -47,15 +42,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
     p.add_argument("--name", help="dependency name (default: the package's .name, else the "
                                   "package's own name or its URL's)")
     p.add_argument("--lazy", action="store_true", help="write .lazy = true")
+    _where_zig_looks(p)
+    p.add_argument("--json", action="store_true", help="print what was added as JSON")
+    p.set_defaults(run=cmd_zig_add, fetches=True)
+    zig.set_defaults(run=lambda a: zig.print_help() or 2)
+
+
+def _where_zig_looks(p: argparse.ArgumentParser) -> None:
+    """The options both actions take to find where the Zig that will build looks for packages."""
     p.add_argument("--zig-version", default="auto", choices=ZIG_VERSIONS,
                    help="the Zig that will build (auto: ask 'zig version')")
     p.add_argument("--global-cache-dir", type=Path,
                    help="Zig's global cache (default: $ZIG_GLOBAL_CACHE_DIR, else Zig's default)")
     p.add_argument("--pkg-dir", type=Path,
                    help="Zig 0.16+: the project's package directory (default: zig-pkg)")
-    p.add_argument("--json", action="store_true", help="print what was added as JSON")
-    p.set_defaults(run=cmd_zig_add, fetches=True)
-    zig.set_defaults(run=lambda a: zig.print_help() or 2)
 
 
 def cmd_zig_fetch(args: argparse.Namespace) -> int:
