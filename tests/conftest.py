@@ -1,9 +1,10 @@
 """Shared fixtures: an isolated cache and environment, plus the fixture modules every test
 module may use by name (``pytest_plugins``): ``server`` and ``servers`` (httpserver.py),
-``git_server`` (gitserver.py), ``nodes``, ``tracker`` and ``dht_router`` (swarmkit.py).
+``git_server`` (gitserver.py), ``nodes``, ``tracker`` and ``dht_router`` (swarmkit.py),
+``serve`` (mirrorkit.py).
 
-Plain helpers are not here: import them from ``helpers``, ``waiting``, ``swarmkit`` and
-``depskit``. This is the rootdir conftest (pytest_plugins is only allowed there).
+Plain helpers are not here: import them from ``helpers``, ``waiting``, ``swarmkit``,
+``mirrorkit``, ``zigkit`` and ``depskit``. This is the rootdir conftest (pytest_plugins is only allowed there).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["httpserver", "gitserver", "swarmkit"]
+pytest_plugins = ["httpserver", "gitserver", "swarmkit", "mirrorkit"]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ in ``conftest.py`` and in the plugin modules it names in ``pytest_plugins``.
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import socket
@@ -114,3 +115,14 @@ class NonBlockingAcceptServer(ThreadingHTTPServer):
         conn, addr = self.socket.accept()
         conn.setblocking(True)
         return conn, addr
+
+
+def only_insertions(old: str, new: str) -> str:
+    """Assert ``new`` is ``old`` with lines inserted (nothing else changed); return them."""
+    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    inserted = []
+    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        assert op in ("equal", "insert"), "".join(difflib.unified_diff(a, b))
+        if op == "insert":
+            inserted += b[j1:j2]
+    return "".join(inserted)

@@ -35,8 +35,11 @@ from httpserver import LoopbackServer
 from waiting import WaitTimeout, wait_for
 
 from treeseed.cache import Cache
+from treeseed.hashing import hash_tree
 from treeseed.hashing.bencode import bencode
 from treeseed.ids import hex_of
+from treeseed.package import scan_tree
+from treeseed.swarm import aliases
 
 #: Settings every test process gets: no discovery beyond the peers a test names.
 LOOPBACK = {"torrent": True, "dht": False, "lsd": False, "upnp": False, "dht_bootstrap": [],
@@ -455,3 +458,53 @@ def dht_router() -> Iterator[DhtRouter]:
     with lt_session(enable_dht=True, alert_mask=lt.alert.category_t.dht_notification,
                     **LOCAL_DHT) as session:
         yield DhtRouter(session)
+
+
+# --------------------------------------------------------------------------- DHT aliases
+
+
+def dht_settings(router: str) -> dict[str, object]:
+    return {"dht": True, "dht_bootstrap": [router], "torrent": True}
+
+
+def other_hashes(path: Path, package_hash: str) -> dict[str, str]:
+    from treeseed.interop.zig import zig_hash
+
+    found = hash_tree(path, scan_tree(path, package_hash), ["nar", "git"], package_hash)
+    return {**found, "zig": zig_hash(path, package_hash, allow_missing_paths=True).hash}
+
+
+def wait_published(node: Node, fmt: str, value: str) -> None:
+    """Until the seeder's log says the item was stored by a node of the DHT."""
+    line = f"alias {aliases.salt(fmt, value).decode()} put in the DHT, stored by "
+
+    def stored() -> bool:
+        text = node.log.read_text(errors="replace") if node.log.exists() else ""
+        return any(line in row and not row.endswith(" 0 nodes") for row in text.splitlines())
+
+    wait_for(f"{fmt} alias put by {node.root.name}", stored, timeout=120)
+
+
+def plant_a_wrong_hint(tmp_path: Path, nodes, dht_router, fmt: str = "nar") -> tuple[str, str]:
+    """A seeds a package; then anyone (here, a session of our own) writes a DHT item that
+    names A's package for another tree's hash in ``fmt``. Returns (A's package, that hash)."""
+    from treeseed.config import Settings
+    from treeseed.swarm.session import Swarm
+
+    a = nodes("a", **dht_settings(dht_router.node))
+    seeded = a.install(small_tree(tmp_path / "src", "seeded"))
+    a.start_seeder()
+    own = hash_tree(a.package(seeded), scan_tree(a.package(seeded), seeded), [fmt])[fmt]
+    wait_published(a, fmt, own)
+    absent = small_tree(tmp_path / "absent", "absent")
+    wanted = hash_tree(absent, scan_tree(absent, "absent"), [fmt])[fmt]
+    swarm = Swarm(Settings({**Settings.defaults().values, "listen": f"127.0.0.1:{free_port()}",
+                            "lsd": False, "upnp": False, **dht_settings(dht_router.node)},
+                           frozenset()))
+    dht = aliases.AliasDht(swarm)
+    try:
+        assert dht.put(fmt, wanted, seeded) > 0
+    finally:
+        dht.close()
+        swarm.close()
+    return seeded, wanted

@@ -8,7 +8,6 @@ witness for what was fetched, how often, and that a cached run asks for nothing.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import threading
@@ -27,7 +26,7 @@ from depskit import (
     manifest,
     serve,
 )
-from helpers import run_cli, run_on_terminal, tar_gz
+from helpers import only_insertions, run_cli, run_on_terminal, tar_gz
 from httpserver import Server, closed_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -405,17 +404,6 @@ url = "https://example.invalid/zlib-1.3.1.tar.gz"   # upstream
 type = "bool"
 default = true
 """.format(zero="0" * 64)
-
-
-def only_insertions(old: str, new: str) -> str:
-    """Assert ``new`` is ``old`` with lines inserted (nothing else changed); return them."""
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    inserted = []
-    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        assert op in ("equal", "insert"), "".join(difflib.unified_diff(a, b))
-        if op == "insert":
-            inserted += b[j1:j2]
-    return "".join(inserted)
 
 
 def make_app(tmp_path: Path, text: str = ROOT_TEXT) -> Path:

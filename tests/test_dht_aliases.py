@@ -16,8 +16,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from swarmkit import Node, cached, free_port, small_tree
-from waiting import wait_for
+from swarmkit import (
+    cached,
+    dht_settings,
+    free_port,
+    other_hashes,
+    plant_a_wrong_hint,
+    small_tree,
+    wait_published,
+)
 
 from treeseed.hashing import hash_tree
 from treeseed.package import scan_tree
@@ -72,28 +79,6 @@ def test_store_path_hash_matches_nix_store(tmp_path: Path) -> None:
     assert aliases.parse_hash(printed) == ("nix-store", printed[11:43])
 
 
-def dht_settings(router: str) -> dict[str, object]:
-    return {"dht": True, "dht_bootstrap": [router], "torrent": True}
-
-
-def other_hashes(path: Path, package_hash: str) -> dict[str, str]:
-    from treeseed.interop.zig import zig_hash
-
-    found = hash_tree(path, scan_tree(path, package_hash), ["nar", "git"], package_hash)
-    return {**found, "zig": zig_hash(path, package_hash, allow_missing_paths=True).hash}
-
-
-def wait_published(node: Node, fmt: str, value: str) -> None:
-    """Until the seeder's log says the item was stored by a node of the DHT."""
-    line = f"alias {aliases.salt(fmt, value).decode()} put in the DHT, stored by "
-
-    def stored() -> bool:
-        text = node.log.read_text(errors="replace") if node.log.exists() else ""
-        return any(line in row and not row.endswith(" 0 nodes") for row in text.splitlines())
-
-    wait_for(f"{fmt} alias put by {node.root.name}", stored, timeout=120)
-
-
 def test_fetch_by_nar_and_zig_hash_through_the_dht(tmp_path: Path, nodes, dht_router) -> None:
     a = nodes("a", **dht_settings(dht_router.node))
     package = a.install(small_tree(tmp_path / "src", "aliased", size=100_000))
@@ -109,31 +94,6 @@ def test_fetch_by_nar_and_zig_hash_through_the_dht(tmp_path: Path, nodes, dht_ro
         assert f'"hash": "{package}"' in out.stdout, out.stdout
         assert cached(node) == {package}
         assert other_hashes(node.package(package), package)[fmt] == hashes[fmt]
-
-
-def plant_a_wrong_hint(tmp_path: Path, nodes, dht_router, fmt: str = "nar") -> tuple[str, str]:
-    """A seeds a package; then anyone (here, a session of our own) writes a DHT item that
-    names A's package for another tree's hash in ``fmt``. Returns (A's package, that hash)."""
-    from treeseed.config import Settings
-    from treeseed.swarm.session import Swarm
-
-    a = nodes("a", **dht_settings(dht_router.node))
-    seeded = a.install(small_tree(tmp_path / "src", "seeded"))
-    a.start_seeder()
-    own = hash_tree(a.package(seeded), scan_tree(a.package(seeded), seeded), [fmt])[fmt]
-    wait_published(a, fmt, own)
-    absent = small_tree(tmp_path / "absent", "absent")
-    wanted = hash_tree(absent, scan_tree(absent, "absent"), [fmt])[fmt]
-    swarm = Swarm(Settings({**Settings.defaults().values, "listen": f"127.0.0.1:{free_port()}",
-                            "lsd": False, "upnp": False, **dht_settings(dht_router.node)},
-                           frozenset()))
-    dht = aliases.AliasDht(swarm)
-    try:
-        assert dht.put(fmt, wanted, seeded) > 0
-    finally:
-        dht.close()
-        swarm.close()
-    return seeded, wanted
 
 
 def test_a_wrong_dht_hint_never_reaches_the_cache(tmp_path: Path, nodes, dht_router) -> None:
@@ -191,7 +151,7 @@ def test_a_wrong_dht_hint_is_caught_by_the_seeder_before_it_installs(tmp_path: P
                     reason="pip package ziglang (0.15.2) is not installed")
 def test_zig_fetch_finds_a_dependency_by_its_zig_hash_in_the_dht(tmp_path: Path, nodes,
                                                                  dht_router) -> None:
-    from test_interop_zig import GAMMA_BUILD, dep_entry, manifest, zig
+    from zigkit import GAMMA_BUILD, dep_entry, manifest, zig
 
     a = nodes("a", **dht_settings(dht_router.node))
     src = tmp_path / "gamma"

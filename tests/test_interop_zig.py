@@ -18,22 +18,19 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers import run_cli, tar_gz
 from httpserver import Reply, Server
+from zigkit import GAMMA_BUILD, dep_entry, manifest, zig, zig_fetch_hash
 
 from treeseed.cache import Cache
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ziglang") is None,
                                 reason="pip package ziglang (0.15.2) is not installed")
-
-ZIG_TIMEOUT = 600
 
 
 @pytest.fixture(autouse=True)
@@ -54,27 +51,6 @@ def zig_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 # --------------------------------------------------------------------------- the project
 
 
-def fingerprint(name: str, fid: int = 0x5EED0001) -> int:
-    return zlib.crc32(name.encode()) << 32 | fid
-
-
-def manifest(name: str, paths: str = '""', deps: str = "", name_literal: str | None = None) -> bytes:
-    spelled = name_literal or f".{name}"
-    return (f".{{\n    .name = {spelled},\n    .version = \"0.1.0\",\n"
-            f"    .fingerprint = 0x{fingerprint(name):x},\n"
-            f"    .dependencies = .{{\n{deps}    }},\n"
-            f"    .paths = .{{ {paths} }},\n}}\n").encode()
-
-
-def dep_entry(name: str, url: str, hash_: str | None, lazy: bool = False) -> str:
-    fields = [f'.url = "{url}"']
-    if hash_ is not None:
-        fields.append(f'.hash = "{hash_}"')
-    if lazy:
-        fields.append(".lazy = true")
-    return f"        .{name} = .{{\n" + "".join(f"            {f},\n" for f in fields) + "        },\n"
-
-
 def zip_bytes(files: dict[str, bytes], top: str) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -86,25 +62,6 @@ def zip_bytes(files: dict[str, bytes], top: str) -> bytes:
     return buf.getvalue()
 
 
-def zig(*args: str, cwd: Path, env: dict[str, str] | None = None, exe: list[str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(exe or [sys.executable, "-m", "ziglang"]), *args], check=False,
-                          cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=ZIG_TIMEOUT)
-
-
-def zig_fetch_hash(tmp_path: Path, archive: bytes, name: str) -> str:
-    """The hash the real ``zig fetch`` prints for ``archive``, in a scratch Zig cache."""
-    path = tmp_path / "oracle" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(archive)
-    proc = zig("fetch", str(path), cwd=path.parent,
-               env={"ZIG_GLOBAL_CACHE_DIR": str(tmp_path / "oracle-cache")})
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
-GAMMA_BUILD = b'const std = @import("std");\npub fn build(b: *std.Build) void { _ = b; }\n'
 ALPHA_BUILD = b"""const std = @import("std");
 pub fn build(b: *std.Build) void {
     const gamma = b.dependency("gamma", .{});
@@ -437,8 +394,8 @@ def test_with_torrenting_a_package_a_mirror_can_name_comes_from_the_swarm(
     package's bt2 hash (its /alias/zig/ redirect): with torrenting on, the package then comes
     from a seeding peer. The origin is down and the swarm has a head start longer than the
     test, so the package cannot come from the mirror's tar or the origin."""
+    from mirrorkit import Mirror
     from swarmkit import Peer, wait_for
-    from test_serve import Mirror
 
     origin = servers()
     project = make_project(tmp_path, origin)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from swarmkit import cached, free_port, small_tree
-from test_dht_aliases import dht_settings, plant_a_wrong_hint, wait_published
+from swarmkit import cached, dht_settings, free_port, plant_a_wrong_hint, small_tree, wait_published
 
 from treeseed.cache import Cache
 from treeseed.hashing import hash_tree

@@ -19,14 +19,14 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import make_tree, run_cli
 from httpserver import Reply
+from mirrorkit import Mirror, get
 from swarmkit import free_port
-from test_serve import Mirror, get
 from waiting import wait_for
 
 from treeseed.hashing.nar import flat_store_path_hash, from_nix32, nix32, store_path_hash
@@ -138,21 +138,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {"TREESEED_CONFIG": str(tmp_path / "treeseed" / "config.toml")}
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Mirror]]:
-    started: list[Mirror] = []
-
-    def start(cache: Path, env: dict[str, str]) -> Mirror:
-        started.append(Mirror(cache, tmp_path / f"serve-{len(started)}.log", (), env))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for mirror in started:
-            mirror.stop()
-
-
 def add_shared(cache: Path, tree: Path, env: dict[str, str]) -> str:
     package = run_cli("fetch", str(tree), cache=cache, env=env).stdout.split("\t", 1)[0]
     run_cli("seed", "--share", package, cache=cache, env=env)
@@ -242,7 +227,7 @@ def test_the_key_is_nixs_format_private_and_never_in_the_cache(tmp_path: Path, e
     assert refused.returncode == 1 and f"chmod 600 {path}" in refused.stderr, refused.stderr
     path.chmod(0o600)
     cache = tmp_path / "cache"
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     assert not any(p.name == path.name for p in cache.rglob("*"))
     for probe in ("/nix-signing-key", f"/{path.name}", "/../treeseed/nix-signing-key"):
         assert get(mirror, probe).status == 404, probe
@@ -262,7 +247,7 @@ def test_nix_substitutes_a_source_from_serve(tmp_path: Path, env: dict[str, str]
     package = add_shared(cache, tree, env)
     nar = nix_hash(tree)
     store_hash = store_path_hash(from_nix32(nar))
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     info = wait_offered(mirror, store_hash)
     assert info["StorePath"] == f"/nix/store/{store_hash}-source"
     assert info["NarHash"] == f"sha256:{nar}" and info["URL"] == f"nar/{package}.nar"
@@ -303,7 +288,7 @@ def test_nix_substitutes_archives_kept_by_prefetch(tmp_path: Path, env: dict[str
     unpacked = run_cli("nix", "prefetch", "--unpack", origin.url("/dl/pkg-1.0.tar.gz"),
                        cache=cache, env=env).stdout.split()[0]
     origin.close()  # origin down
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     key = public_key(env)
 
     flat_hash = flat_store_path_hash(from_nix32(flat), "pkg-1.0.tar.gz")
@@ -326,7 +311,7 @@ def test_private_packages_and_foreign_keys_are_refused(tmp_path: Path, env: dict
     public = make_tree(tmp_path / "src" / "public", {**TREE, "README": b"public\n"})
     secret_package = add_shared(cache, secret, env)
     public_package = add_shared(cache, public, env)
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     public_hash = store_path_hash(from_nix32(nix_hash(public)))
     wait_offered(mirror, public_hash)
     secret_nar = nix_hash(secret)
@@ -355,7 +340,7 @@ def test_requests_for_store_paths_are_checked(tmp_path: Path, env: dict[str, str
     cache = tmp_path / "cache"
     tree = make_tree(tmp_path / "src" / "pkg", TREE)
     package = add_shared(cache, tree, env)
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     good = store_path_hash(from_nix32(nix_hash(tree)))
     wait_offered(mirror, good)
     for path in (f"/{good.upper()}.narinfo", f"/{good[:-1]}.narinfo", f"/{good}e.narinfo",
@@ -382,7 +367,7 @@ def test_import_then_a_fresh_store_substitutes_it(tmp_path: Path, env: dict[str,
     out = run_cli("nix", "import", str(first.real(added)), cache=cache, env=env)
     package = out.stdout.split("\t")[0]
     assert out.stdout.strip() == f"{package}\t{added}" and "not published" in out.stderr
-    mirror = serve(cache, env)
+    mirror = serve(cache, env=env)
     store_hash = added.split("/")[-1][:32]
     assert narinfo(mirror, store_hash) is None  # imported, not shared
     run_cli("nix", "import", "--share", str(first.real(added)), cache=cache, env=env)
@@ -410,7 +395,7 @@ def test_a_store_path_only_the_swarm_has_is_substituted(tmp_path: Path, nodes, d
     """Cache A seeds the source and publishes its DHT aliases; B's serve has never seen it.
     Nix asks B: B looks the store hash up in the DHT, fetches the package from A, checks
     its NAR gives that exact path, and only then answers."""
-    from test_dht_aliases import dht_settings, wait_published
+    from swarmkit import dht_settings, wait_published
 
     a = nodes("a", **dht_settings(dht_router.node))
     tree = make_tree(tmp_path / "src" / "swarmed", TREE)
@@ -422,7 +407,7 @@ def test_a_store_path_only_the_swarm_has_is_substituted(tmp_path: Path, nodes, d
 
     b = nodes("b", **dht_settings(dht_router.node))
     b_env = {"TREESEED_CONFIG": str(b.config), "TREESEED_SERVE_NIX_LOOKUP_WAIT": "280"}
-    mirror = serve(b.cache, b_env)
+    mirror = serve(b.cache, env=b_env)
     key = run_cli("nix", "key", env=b_env).stdout.strip()
     nix = Nix(tmp_path / "nix", mirror.url, (key,))
     out = nix.substituted("source", "recursive", nar, f"/nix/store/{store_hash}-source")
@@ -441,7 +426,8 @@ def test_a_swarm_lookup_never_blocks_the_server(tmp_path: Path, nodes,
                        {**TREE, "treeseed.toml": b'[package]\nname = "secret"\nprivate = true\n'})
     run_cli("fetch", str(secret), cache=b.cache, env={"TREESEED_CONFIG": str(b.config)})
     secret_hash = store_path_hash(from_nix32(nix_hash(secret)))
-    mirror = serve(b.cache, {"TREESEED_CONFIG": str(b.config), "TREESEED_SERVE_NIX_LOOKUP_WAIT": "20"})
+    mirror = serve(b.cache, env={"TREESEED_CONFIG": str(b.config),
+                                   "TREESEED_SERVE_NIX_LOOKUP_WAIT": "20"})
     unknown = nix32(hashlib.sha256(b"nobody has this").digest()[:20])
     # Until serve has hashed every package's NAR once, it cannot tell a private package's
     # path from an unknown one, and asks the swarm for neither.

@@ -194,7 +194,7 @@ def test_network_zon_may_not_name_local_paths(tmp_path: Path, server: Server, sp
     directory on this machine (a file:// URL, or a .path that climbs out of the package) is
     refused, naming its build.zig.zon line and the rule; nothing of the secret is fetched."""
     from helpers import tar_gz
-    from test_interop_zig import dep_entry, manifest, zig_fetch_hash
+    from zigkit import dep_entry, manifest, zig_fetch_hash
 
     monkeypatch.setenv("ZIG_GLOBAL_CACHE_DIR", str(tmp_path / "zig-global"))
     secret = secret_dir(tmp_path)

@@ -9,15 +9,15 @@ existing dependency, the two values), every comment and odd space left as it was
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import zlib
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, tar_gz
+from helpers import only_insertions, run_cli, tar_gz
 from httpserver import Reply, Server
+from zigkit import zig, zig_fetch_hash
 
 from treeseed import zon
 
@@ -38,37 +38,6 @@ def zig_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 def fingerprint(name: str) -> str:
     return f"0x{zlib.crc32(name.encode()) << 32 | 0x5EED0002:x}"
-
-
-def zig(*args: str, cwd: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "ziglang", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, check=False, env={**os.environ, **(env or {})})
-
-
-def zig_fetch_hash(tmp_path: Path, archive: bytes, filename: str) -> str:
-    """What the real ``zig fetch`` prints for ``archive``, in a scratch Zig cache."""
-    path = tmp_path / "oracle" / filename
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(archive)
-    proc = zig("fetch", str(path), cwd=path.parent,
-               env={"ZIG_GLOBAL_CACHE_DIR": str(tmp_path / "oracle-cache")})
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
-def only_insertions(old: str, new: str) -> str:
-    """Assert ``new`` is ``old`` with lines inserted (nothing else changed); return them."""
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    inserted = []
-    for op, _i1, _i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        assert op in ("equal", "insert"), "".join(difflib.unified_diff(a, b))
-        if op == "insert":
-            inserted += b[j1:j2]
-    return "".join(inserted)
 
 
 ALPHA = {"build.zig": b'const std = @import("std");\npub fn build(b: *std.Build) void { _ = b; }\n',
