@@ -205,3 +205,30 @@ def test_signal_stops_the_swarm_side_too(tmp_path: Path, cache_dir: Path,
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert list((cache_dir / "tmp").glob("w-*")) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_a_single_fetch_run_by_the_spare(tmp_path: Path, cache_dir: Path,
+                                                      trickle: TrickleServer, sig: int,
+                                                      status: int) -> None:
+    """``treeseed fetch URL`` hands its download to the spare fetcher it forked first
+    (treeseed.forking): a signal stops that one too, and leaves nothing behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "treeseed", "--cache-dir", str(cache_dir),
+                             "fetch", trickle.url("/single.tar.gz")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with killed_at_the_end(proc):
+        if not trickle.requests.acquire(timeout=BOUND):
+            proc.kill()
+            pytest.fail(f"the download never started:\n{proc.communicate()[1]}")
+        fetchers = children_of(proc.pid)
+        assert len(fetchers) == 1, fetchers  # the spare, now the fetcher: nothing else forked
+        assert len(list((cache_dir / "tmp").glob("w-*"))) == 1
+        out, err = signal_and_wait(proc, sig)
+    assert proc.returncode == status, err
+    assert err.splitlines() == [f"treeseed: interrupted by {signal.Signals(sig).name}; the "
+                                "fetches in progress were stopped and their partial downloads "
+                                "removed"], err
+    assert list((cache_dir / "tmp").glob("w-*")) == []
+    assert [pid for pid in fetchers if alive(pid)] == []

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .record import Record
 
 if TYPE_CHECKING:
     from .hashing.bt2 import FileDigest
@@ -26,18 +27,23 @@ if TYPE_CHECKING:
     from .unpack import Unpacked
 
 
-@dataclass
-class PackageTree:
-    """A normalised tree in a work directory, ready to be verified and installed."""
+class PackageTree(Record):
+    """A normalised tree in a work directory, ready to be verified and installed.
 
-    root: Path
-    entries: list[Entry]
-    digests: dict[str, FileDigest]
-    rules: Rules
-    hash: str
-    #: The bencoded info dict the hash was taken over: the .torrent embeds it as it is, so the
-    #: tree is encoded once per fetch (:func:`treeseed.hashing.bt2.info_bytes`).
-    info: bytes = b""
+    ``info`` is the bencoded info dict the hash was taken over: the .torrent embeds it as it
+    is, so the tree is encoded once per fetch (:func:`treeseed.hashing.bt2.info_bytes`).
+    """
+
+    __slots__ = ("root", "entries", "digests", "rules", "hash", "info")
+
+    def __init__(self, root: Path, entries: list[Entry], digests: dict[str, FileDigest],
+                 rules: Rules, hash: str, info: bytes = b"") -> None:  # noqa: A002
+        self.root = root
+        self.entries = entries
+        self.digests = digests
+        self.rules = rules
+        self.hash = hash
+        self.info = info
 
     @property
     def size(self) -> int:

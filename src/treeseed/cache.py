@@ -30,12 +30,12 @@ import os
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CacheError, TreeseedError
 from .ids import is_bt2
+from .record import Record
 
 if TYPE_CHECKING:
     import sqlite3
@@ -95,19 +95,23 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("treeseed", appauthor=False))
 
 
-@dataclass
-class PackageInfo:
+class PackageInfo(Record):
     """One index row, as ``cache list`` shows it."""
 
-    hash: str
-    size: int
-    files: int
-    added: float
-    last_used: float
-    source: str | None
-    name: str | None
-    version: str | None
-    private: bool
+    __slots__ = ("hash", "size", "files", "added", "last_used", "source", "name", "version",
+                 "private")
+
+    def __init__(self, hash: str, size: int, files: int, added: float, last_used: float,  # noqa: A002
+                 source: str | None, name: str | None, version: str | None, private: bool) -> None:
+        self.hash = hash
+        self.size = size
+        self.files = files
+        self.added = added
+        self.last_used = last_used
+        self.source = source
+        self.name = name
+        self.version = version
+        self.private = private
 
 
 class Cache:
@@ -353,10 +357,10 @@ class Cache:
     @contextlib.contextmanager
     def workdir(self) -> Iterator[Path]:
         """A private directory under tmp/, locked while alive and removed afterwards."""
-        import secrets
-
         self._ensure_dirs()
-        path = self.tmp_dir / f"w-{os.getpid()}-{secrets.token_hex(6)}"
+        # os.urandom is what secrets.token_hex reads; the secrets module would import hmac,
+        # and OpenSSL with it, on the way to every fetch.
+        path = self.tmp_dir / f"w-{os.getpid()}-{os.urandom(6).hex()}"
         path.mkdir()
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)

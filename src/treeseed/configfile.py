@@ -22,13 +22,23 @@ def config_path() -> Path:
 
 
 def load() -> dict:
+    return _parse(*_read())
+
+
+def _read() -> tuple[Path, str]:
+    """The settings file and its text ("" when there is none)."""
     path = config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        return path, path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return path, ""
     except OSError as exc:
         raise ManifestError(str(path), f"cannot read: {exc.strerror}") from None
+
+
+def _parse(path: Path, text: str) -> dict:
+    if not text:
+        return {}
     import tomllib  # only when there is a file to read
 
     try:
@@ -41,8 +51,10 @@ def fetchers(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Scheme -> command: the config file's ``[fetchers]``, overridden by ``extra`` (the root
     package's own ``[fetchers]``). Only these two places: a dependency's manifest must never
     choose what runs on the user's machine."""
-    table = load().get("fetchers", {})
-    path = config_path()
+    path, text = _read()
+    # A file that never spells "fetchers" (nor any escape, which a quoted key could hide it
+    # behind) has no [fetchers]: a plain fetch then skips importing tomllib and parsing.
+    table = _parse(path, text).get("fetchers", {}) if "fetchers" in text or "\\" in text else {}
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise ManifestError(str(path), "[fetchers] maps a URL scheme to a command string",
                             key="fetchers")

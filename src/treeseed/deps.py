@@ -155,7 +155,7 @@ class Resolver:
                         from concurrent.futures import ThreadPoolExecutor
 
                         if pending:  # more fetches may follow: their forks share one import
-                            from .fetchers import preload_pipeline
+                            from .forking import preload_pipeline
 
                             preload_pipeline()
                         pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="treeseed-dep")

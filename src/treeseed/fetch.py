@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,7 @@ from .fetcher import PACKAGE_DIR, RESULT_FILE
 from .fetchers import DEFAULT_TIMEOUT, Fetcher, FetcherRun, fetcher_for
 from .ids import is_bt2
 from .install import AlsoHash, Delivery, FetchResult, cached_result, install, record_aliases
+from .record import Record
 from .schemes import absolute
 
 __all__ = ["FetchResult", "env_seconds", "fetch", "hash_path"]
@@ -116,8 +116,7 @@ def _fetch_into(
     fetcher = fetcher_for(url, formats, limits.max_bytes if limits is not None else None, fetchers)
     run = FetcherRun(fetcher, work, url, fetch_timeout(), progress, cancel=cancel)
     try:
-        if stop_early:
-            _open_index(cache)
+        _open_index(cache)
         for fmt, value in run.announcements():
             known = cache.resolve(fmt, value) if stop_early else None
             if known and (expected is None or known == expected):
@@ -154,11 +153,11 @@ def _keep_archive(cache: Cache, work: Path, url: str, sha256: str) -> None:
 
 
 def _open_index(cache: Cache) -> None:
-    """Open the cache's index while the fetcher starts, which takes it tens of milliseconds:
-    its first announcement is then looked up at once (the import of sqlite3 and the opening
-    are otherwise on the way from that announcement to the stop)."""
-    if (cache.root / "index.sqlite").exists():
-        cache.db  # noqa: B018  (the property opens the connection)
+    """Open the cache's index (creating it in a new cache) while the fetcher starts, which
+    takes it tens of milliseconds: its first announcement is then looked up at once, and the
+    install after its last one finds the index ready (the import of sqlite3, the opening and
+    a new index's schema are otherwise on the way to the stop, or to the install)."""
+    cache.db  # noqa: B018  (the property opens the connection)
 
 
 def _install_delivery(
@@ -215,18 +214,21 @@ def _extra_formats(package: PackageTree, formats: Sequence[str], source: str) ->
     return hash_tree(package.root, package.entries, wanted, source) if wanted else {}
 
 
-@dataclass
-class HashReport:
+class HashReport(Record):
     """What ``treeseed hash`` reports for a directory or an archive.
 
     ``errors`` names formats that could not be computed (a ``build.zig.zon`` Zig rejects makes
     the zig hash undefined) when the caller asked to skip rather than fail.
     """
 
-    hashes: dict[str, str]
-    files: int
-    bytes: int
-    errors: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("hashes", "files", "bytes", "errors")
+
+    def __init__(self, hashes: dict[str, str], files: int, bytes: int,  # noqa: A002
+                 errors: dict[str, str] | None = None) -> None:
+        self.hashes = hashes
+        self.files = files
+        self.bytes = bytes
+        self.errors = {} if errors is None else errors
 
     def as_json(self) -> dict:
         from .hashing import ALL_FORMATS

@@ -115,6 +115,28 @@ def run(url: str, formats: Sequence[str], max_size: int | None, announce: Announ
     }
 
 
+def preload(url: str) -> None:
+    """Import now what a run for ``url`` imports after its first announcement: the pipeline
+    and the URL's source. For a process that has the time now and forks fetchers later
+    (:mod:`treeseed.forking`: a spare, or the parent of many forks)."""
+    import importlib
+    import json  # noqa: F401  (each: imported for the run's sake, see the docstring)
+
+    from . import assemble, hashing, package, rules, unpack  # noqa: F401
+    from .hashing import bt2  # noqa: F401
+    from .schemes import SCHEMES, scheme_name
+    from .swarm import torrents  # noqa: F401
+
+    scheme = SCHEMES.get(scheme_name(url))
+    if scheme is not None:
+        importlib.import_module(f".sources.{scheme.module}", __package__)
+        if scheme.module == "http":
+            try:
+                import urllib3  # noqa: F401  (the http source imports it where used)
+            except ImportError:
+                pass
+
+
 def _progress(done: int, total: int | None) -> None:
     print(f"progress {done} {total if total is not None else '-'}", flush=True)
 

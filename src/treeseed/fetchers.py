@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import FetchError
+from .forking import fork_builtin, forking
+from .record import Record
 
 if TYPE_CHECKING:
     import threading
@@ -108,15 +109,21 @@ def interrupted() -> bool:
     return _interrupt.triggered
 
 
-@dataclass
-class Fetcher:
-    """How to run the fetcher for one URL."""
+class Fetcher(Record):
+    """How to run the fetcher for one URL.
 
-    argv: list[str]
-    trusted: bool  # treeseed's own fetcher: its hash is computed while writing, by our code
-    #: The built-in fetcher's own arguments (URL, --format, --max-size): it is run by forking
-    #: this process (:func:`_fork_builtin`), and ``argv`` is only the fallback program.
-    builtin_args: list[str] | None = None
+    ``trusted``: treeseed's own fetcher, whose hash is computed while writing, by our code.
+    ``builtin_args`` are the built-in fetcher's own arguments (URL, --format, --max-size): it
+    is run by forking this process (:func:`treeseed.forking.fork_builtin`), and ``argv`` is
+    only the fallback program.
+    """
+
+    __slots__ = ("argv", "trusted", "builtin_args")
+
+    def __init__(self, argv: list[str], trusted: bool, builtin_args: list[str] | None = None) -> None:
+        self.argv = argv
+        self.trusted = trusted
+        self.builtin_args = builtin_args
 
 
 def fetcher_for(url: str, formats: Sequence[str] = (), max_size: int | None = None,
@@ -174,20 +181,24 @@ def _fetcher_path() -> list[str]:
     return paths
 
 
-@dataclass
 class FetcherRun:
-    """One running fetcher; iterate :meth:`announcements`, then :meth:`finish` or :meth:`stop`."""
+    """One running fetcher, started on creation; iterate :meth:`announcements`, then
+    :meth:`finish` or :meth:`stop`. ``cancel``, set by another thread, stops the fetcher (the
+    swarm won the race for this package)."""
 
-    fetcher: Fetcher
-    work: Path
-    source: str
-    timeout: float = DEFAULT_TIMEOUT
-    progress: Callable[[int, int | None], None] | None = None
-    announced: dict[str, str] = field(default_factory=dict)
-    #: Set by another thread to stop the fetcher (the swarm won the race for this package).
-    cancel: threading.Event | None = None
+    def __init__(self, fetcher: Fetcher, work: Path, source: str, timeout: float = DEFAULT_TIMEOUT,
+                 progress: Callable[[int, int | None], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        self.fetcher = fetcher
+        self.work = work
+        self.source = source
+        self.timeout = timeout
+        self.progress = progress
+        self.cancel = cancel
+        self.announced: dict[str, str] = {}
+        self._start()
 
-    def __post_init__(self) -> None:
+    def _start(self) -> None:
         if _interrupt.triggered:  # before anything is opened: nothing to close
             raise FetchInterrupted(f"{self.source}: not started, treeseed is being interrupted")
         fifo = self.work / FIFO_NAME
@@ -206,8 +217,7 @@ class FetcherRun:
             if self.fetcher.builtin_args is not None and forking():
                 extra = {k: env[k] for k in ("TREESEED_HASHES", "TREESEED_FETCH_URL",
                                              "TREESEED_PARENT_PID")}
-                self.proc = _fork_builtin(self.fetcher.builtin_args, self.work, extra,
-                                          self._log.fileno())
+                self.proc = fork_builtin(self.fetcher.builtin_args, self.work, extra, self._log)
             else:
                 self.proc = subprocess.Popen(
                     self.fetcher.argv, cwd=self.work, env=env, stdin=subprocess.PIPE,
@@ -384,165 +394,6 @@ class FetcherRun:
                     stream.close()
                 except OSError:
                     pass
-
-
-def forking() -> bool:
-    """Whether the built-in fetcher runs as a fork of this process (the default on POSIX)
-    rather than as ``python -m treeseed.fetcher``: ``TREESEED_FETCHER=spawn`` asks for the
-    program (the protocol's reference run, and a way to rule the fork out when debugging)."""
-    return hasattr(os, "fork") and os.environ.get("TREESEED_FETCHER") != "spawn"
-
-
-class _Forked:
-    """The parts of :class:`subprocess.Popen` :class:`FetcherRun` uses, for a forked child."""
-
-    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int) -> None:
-        self.pid = pid
-        self.stdin = open(stdin_fd, "wb")  # noqa: SIM115  (closed by FetcherRun.close)
-        self.stdout = open(stdout_fd, "rb")  # noqa: SIM115
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0  # reaped elsewhere: nothing left to wait for
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                self.returncode = 0
-            return self.returncode
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None:
-            if time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"fetcher {self.pid}", timeout)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        return self.returncode  # type: ignore[return-value]
-
-
-def preload_pipeline() -> None:
-    """Import, in this process, what every forked fetcher imports after its first hashes: the
-    HTTP client, the unpacker, the hashers, the package rules and the swarm files.
-
-    A fork inherits its parent's modules, so when many fetchers are about to run (a project's
-    dependencies, cold) importing them once here saves each fetcher its own imports: ~25 ms
-    of CPU per dependency with warm bytecode, more without. Not done for a single fetch,
-    whose fetcher may be stopped at its first announcement (``treeseed update``, nothing
-    changed) before it would have imported any of this. Call it from the main thread, before
-    the fetching threads start (an import under way in another thread holds its module's
-    lock across a fork)."""
-    if not forking():
-        return
-    import json  # noqa: F401  (each: imported for the fork's sake, see the docstring)
-
-    from . import assemble, hashing, package, rules, unpack  # noqa: F401
-    from .hashing import bt2  # noqa: F401
-    from .sources import http  # noqa: F401
-    from .swarm import torrents  # noqa: F401
-
-    try:
-        import urllib3  # noqa: F401  (the http source imports it where used)
-    except ImportError:
-        pass
-
-
-def _fork_builtin(args: list[str], work: Path, env: dict[str, str], log_fd: int) -> _Forked:
-    """Start treeseed's own fetcher as a fork of this already-initialised process.
-
-    A second interpreter costs a Python start-up plus the imports before its first line of
-    work: the larger part of fetching a medium archive (docs/architecture.md, Speed). The
-    child is what ``python -m treeseed.fetcher`` would be: its own session, the work directory
-    as its cwd, stdin and stdout pipes and the log as stderr, the protocol's environment,
-    nothing else open, default signal handling, and it always leaves by ``os._exit`` so none
-    of this process's cleanup (atexit, the index's connection, lock files) runs twice.
-    SIGINT and SIGTERM are blocked around the fork, so one arriving in between reaches the
-    child only after its own handlers are set, never the cache's.
-    """
-    from . import fetcher as program  # light: the pipeline is imported by its run, after forking
-
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    masked = {signal.SIGINT, signal.SIGTERM}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, masked)
-    try:
-        _quiet_fork_warning()
-        pid = os.fork()
-        if pid == 0:
-            _child(program, args, work, env, (in_r, out_w, log_fd), old_mask)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    os.close(in_r)
-    os.close(out_w)
-    return _Forked(pid, in_w, out_r)
-
-
-def _child(program, args: list[str], work: Path, env: dict[str, str],  # type: ignore[no-untyped-def]
-           fds: tuple[int, int, int], mask: set[int]) -> None:
-    """The forked fetcher: set itself up as a fresh program would be, run, ``os._exit``."""
-    import gc
-
-    gc.freeze()  # the parent's objects are never collected here: no finaliser closes its fds
-    status = 1
-    try:
-        os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.closerange(3, _fd_limit())  # the cache's index, locks and other fetches' pipes
-        os.chdir(work)
-        os.environ.update(env)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        sys.stdin = open(0, encoding="ascii", errors="replace", closefd=False)  # noqa: SIM115
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
-                          closefd=False)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        status = program.main(args)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:
-        status = 130
-    except BaseException:  # noqa: BLE001  (reported like an uncaught error in a program)
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001, S110
-                pass
-        os._exit(status)
-
-
-def _fd_limit() -> int:
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        return 65536
-
-
-def _quiet_fork_warning() -> None:
-    """Python 3.12+ warns when forking a process that has threads (the dependency pool). The
-    child runs only treeseed's fetcher code, replaces stdio, closes every inherited descriptor
-    and never touches the index, so the locks the warning is about are not ones it takes."""
-    if sys.version_info >= (3, 12):
-        import warnings
-
-        warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                message=r".*fork\(\) may lead to deadlocks.*")
 
 
 def _user_config_fetchers() -> dict[str, str]:

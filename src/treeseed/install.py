@@ -19,30 +19,35 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import AliasMismatch, HashMismatch, TreeseedError
+from .record import Record
 from .sharing import origin_mark
 
 if TYPE_CHECKING:
     from .cache import Cache
 
 
-@dataclass
-class FetchResult:
-    """What ``treeseed fetch`` reports."""
+class FetchResult(Record):
+    """What ``treeseed fetch`` reports. (A plain class, not a dataclass: :mod:`treeseed.record`.)"""
 
-    hash: str
-    path: Path
-    files: int
-    bytes: int
-    source: str
-    cached: bool
-    formats: dict[str, str] = field(default_factory=dict)
-    transferred: int = 0
-    revision: str | None = None  # what a git reference resolved to
+    __slots__ = ("hash", "path", "files", "bytes", "source", "cached", "formats", "transferred",
+                 "revision")
+
+    def __init__(self, hash: str, path: Path, files: int, bytes: int, source: str, cached: bool,  # noqa: A002
+                 formats: dict[str, str] | None = None, transferred: int = 0,
+                 revision: str | None = None) -> None:
+        self.hash = hash
+        self.path = path
+        self.files = files
+        self.bytes = bytes
+        self.source = source
+        self.cached = cached
+        self.formats = {} if formats is None else formats
+        self.transferred = transferred
+        self.revision = revision  # what a git reference resolved to
 
     def as_json(self) -> dict:
         out = {
@@ -55,32 +60,43 @@ class FetchResult:
         return out
 
 
-@dataclass
-class Delivery:
-    """A hashed package tree in a work directory, about to be installed."""
+class Delivery(Record):
+    """A hashed package tree in a work directory, about to be installed.
 
-    tree: Path  # the package tree, inside ``work``
-    work: Path  # the work directory: also holds the swarm files (swarm.torrents.write)
-    hash: str  # the bt2 hash treeseed computed for ``tree``
-    files: int
-    size: int
-    source: str  # where the bytes came from: a URL, a mirror's URL, or "swarm"
-    name: str | None = None
-    version: str | None = None
-    private: bool = False  # the package's own manifest says private = true
-    #: Other formats' hashes treeseed derived itself (archive-sha256 of the bytes it read, the
-    #: git commit it checked out, hashes of the tree): the only aliases ever recorded.
-    aliases: dict[str, str] = field(default_factory=dict)
-    transferred: int = 0
-    revision: str | None = None
-    #: treeseed's own fetcher already made everything below the root read-only (it created the
-    #: files so and sealed the directories): the install is then a rename. Never set for a tree
-    #: another program wrote: the cache seals those itself.
-    sealed: bool = False
+    ``tree`` is the package tree, inside ``work``, the work directory, which also holds the
+    swarm files (swarm.torrents.write); ``hash`` is the bt2 hash treeseed computed for
+    ``tree``; ``source`` is where the bytes came from: a URL, a mirror's URL, or "swarm";
+    ``private``: the package's own manifest says private = true. ``aliases`` are other
+    formats' hashes treeseed derived itself (archive-sha256 of the bytes it read, the git
+    commit it checked out, hashes of the tree): the only aliases ever recorded. ``sealed``:
+    treeseed's own fetcher already made everything below the root read-only (it created the
+    files so and sealed the directories), so the install is a rename; never set for a tree
+    another program wrote, which the cache seals itself.
+    """
+
+    __slots__ = ("tree", "work", "hash", "files", "size", "source", "name", "version", "private",
+                 "aliases", "transferred", "revision", "sealed")
+
+    def __init__(self, tree: Path, work: Path, hash: str, files: int, size: int, source: str,  # noqa: A002
+                 name: str | None = None, version: str | None = None, private: bool = False,
+                 aliases: dict[str, str] | None = None, transferred: int = 0,
+                 revision: str | None = None, sealed: bool = False) -> None:
+        self.tree = tree
+        self.work = work
+        self.hash = hash
+        self.files = files
+        self.size = size
+        self.source = source
+        self.name = name
+        self.version = version
+        self.private = private
+        self.aliases = {} if aliases is None else aliases
+        self.transferred = transferred
+        self.revision = revision
+        self.sealed = sealed
 
 
-@dataclass(frozen=True)
-class AlsoHash:
+class AlsoHash(Record):
     """Another format's hash the tree must have as well as its bt2 hash.
 
     A package known to the user only by, say, its NAR hash is found through a hint (a mirror's
@@ -90,8 +106,18 @@ class AlsoHash:
     for a moment (a seeder would otherwise start publishing it).
     """
 
-    fmt: str  # zig, nar, git, nix-store or ipfs (:func:`treeseed.swarm.aliases.parse_hash`)
-    value: str
+    __slots__ = ("fmt", "value")
+
+    def __init__(self, fmt: str, value: str) -> None:
+        #: zig, nar, git, nix-store or ipfs (:func:`treeseed.swarm.aliases.parse_hash`)
+        object.__setattr__(self, "fmt", fmt)
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __hash__(self) -> int:
+        return hash((self.fmt, self.value))
 
     def check(self, tree: Path, package_hash: str) -> None:
         """Raise :class:`treeseed.errors.AliasMismatch` unless ``tree`` has this hash."""

@@ -2,8 +2,8 @@
 
 Only the ``[package]`` table matters to the package hash (its ``include``/``exclude`` rules); the
 other tables (``[dependencies]``, ``[options]``) are read by the modules that use them. Parsing
-uses the standard library's ``tomllib`` (fast, no import cost); writing, which must keep the
-user's comments and layout, is tomlkit's job elsewhere.
+uses the standard library's ``tomllib``, imported only when a manifest is read; writing,
+which must keep the user's comments and layout, is tomlkit's job elsewhere.
 
 Every problem raises :class:`~treeseed.errors.ManifestError` naming the file, line and key, so a
 user can jump straight to it.
@@ -12,13 +12,12 @@ user can jump straight to it.
 from __future__ import annotations
 
 import re
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
 from .ids import is_bt2
+from .record import FrozenRecord, Record
 
 MANIFEST_NAME = "treeseed.toml"
 ZIG_MANIFEST_NAME = "build.zig.zon"
@@ -35,22 +34,30 @@ _PACKAGE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-@dataclass
-class Manifest:
+class Manifest(Record):
     """The parsed ``treeseed.toml`` of one package."""
 
-    path: str
-    text: str
-    data: dict[str, Any]
-    name: str | None = None
-    version: str | None = None
-    private: bool = False
-    include: list[str] | None = None
-    exclude: list[str] = field(default_factory=list)
-    build: str | None = None
-    dependencies: dict[str, Dependency] = field(default_factory=dict)
-    options: dict[str, OptionSpec] = field(default_factory=dict)
-    fetchers: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("path", "text", "data", "name", "version", "private", "include", "exclude",
+                 "build", "dependencies", "options", "fetchers")
+
+    def __init__(self, path: str, text: str, data: dict[str, Any], name: str | None = None,
+                 version: str | None = None, private: bool = False,
+                 include: list[str] | None = None, exclude: list[str] | None = None,
+                 build: str | None = None, dependencies: dict[str, Dependency] | None = None,
+                 options: dict[str, OptionSpec] | None = None,
+                 fetchers: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.text = text
+        self.data = data
+        self.name = name
+        self.version = version
+        self.private = private
+        self.include = include
+        self.exclude = [] if exclude is None else exclude
+        self.build = build
+        self.dependencies = {} if dependencies is None else dependencies
+        self.options = {} if options is None else options
+        self.fetchers = {} if fetchers is None else fetchers
 
     def line_of(self, key: str, table: str | None = None) -> int | None:
         """Best-effort line number of ``key`` (inside ``[table]`` when given), for errors.
@@ -83,6 +90,8 @@ def load(path: Path, display: str | None = None) -> Manifest:
 
 
 def loads(text: str, path: str = MANIFEST_NAME) -> Manifest:
+    import tomllib  # here: most archives have no manifest, and a fetcher's start-up is short
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -120,26 +129,31 @@ def _read_package(manifest: Manifest, table: Any) -> None:
     manifest.build = table.get("build")
 
 
-@dataclass(frozen=True)
-class Dependency:
+class Dependency(FrozenRecord):
     """One ``[dependencies.NAME]`` entry.
 
     ``url`` and ``mirrors`` are tried in order and must all yield the package ``hash``. A
     relative URL is read relative to the manifest that names it (its directory for a local
     package, its own URL for a fetched one), so example trees and monorepos need no absolute
     paths. ``rev`` records what a git reference resolved to when the hash was taken.
+    ``private = true``: the consumer says this dependency must never be looked up in, or
+    published to, the swarm (docs/swarm.md, "Private packages").
     """
 
-    name: str
-    url: str
-    mirrors: tuple[str, ...] = ()
-    hash: str | None = None
-    lazy: bool = False
-    rev: str | None = None
-    line: int | None = None
-    #: ``private = true``: the consumer says this dependency must never be looked up in, or
-    #: published to, the swarm (docs/swarm.md, "Private packages").
-    private: bool = False
+    __slots__ = ("name", "url", "mirrors", "hash", "lazy", "rev", "line", "private")
+
+    def __init__(self, name: str, url: str, mirrors: tuple[str, ...] = (),
+                 hash: str | None = None, lazy: bool = False, rev: str | None = None,  # noqa: A002
+                 line: int | None = None, private: bool = False) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "url", url)
+        _set(self, "mirrors", mirrors)
+        _set(self, "hash", hash)
+        _set(self, "lazy", lazy)
+        _set(self, "rev", rev)
+        _set(self, "line", line)
+        _set(self, "private", private)
 
     @property
     def urls(self) -> list[str]:
@@ -180,15 +194,20 @@ def _read_dependencies(manifest: Manifest, table: Any) -> dict[str, Dependency]:
     return deps
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """An ``[options.NAME]`` table: a build option of a command build (``[package] build``)."""
+class OptionSpec(FrozenRecord):
+    """An ``[options.NAME]`` table: a build option of a command build (``[package] build``):
+    ``type`` is bool, int, str, enum or list; ``values`` are the choices of an enum."""
 
-    name: str
-    type: str  # bool, int, str, enum, list
-    default: Any = None
-    description: str = ""
-    values: tuple[str, ...] = ()  # the choices of an enum
+    __slots__ = ("name", "type", "default", "description", "values")
+
+    def __init__(self, name: str, type: str, default: Any = None, description: str = "",  # noqa: A002
+                 values: tuple[str, ...] = ()) -> None:
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "type", type)
+        _set(self, "default", default)
+        _set(self, "description", description)
+        _set(self, "values", values)
 
 
 OPTION_TYPES = ("bool", "int", "str", "enum", "list")

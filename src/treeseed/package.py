@@ -17,11 +17,11 @@ import posixpath
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from .errors import BadPackage
+from .record import FrozenRecord
 
 #: Longest path (in UTF-8 bytes) and deepest nesting a package may contain. Real source trees
 #: stay far below both; an archive beyond them is hostile or broken.
@@ -44,8 +44,7 @@ def is_vcs_path(path: str) -> bool:
     return _VCS_COMPONENT.search(path) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(FrozenRecord):
     """One member of a package.
 
     ``path`` is relative, ``/``-separated and already validated (see :func:`check_path`).
@@ -53,11 +52,16 @@ class Entry:
     ``executable`` is the owner-executable bit, the only mode bit a package keeps.
     """
 
-    path: str
-    kind: EntryKind
-    size: int = 0
-    executable: bool = False
-    target: str | None = None
+    __slots__ = ("path", "kind", "size", "executable", "target")
+
+    def __init__(self, path: str, kind: EntryKind, size: int = 0, executable: bool = False,
+                 target: str | None = None) -> None:
+        _set = object.__setattr__
+        _set(self, "path", path)
+        _set(self, "kind", kind)
+        _set(self, "size", size)
+        _set(self, "executable", executable)
+        _set(self, "target", target)
 
     @property
     def is_symlink(self) -> bool:

@@ -11,20 +11,23 @@ them. (The Zig hash still leaves ``build.zig.zon`` out when ``.paths`` does, as 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest as manifest_mod
 from .manifest import MANIFEST_NAME, ZIG_MANIFEST_NAME, Manifest
+from .record import Record
 
 
-@dataclass
-class Rules:
-    """A compiled keep-predicate plus where it came from (for messages and docs)."""
+class Rules(Record):
+    """A compiled keep-predicate plus where it came from (for messages and docs): ``origin`` is
+    "treeseed.toml", "build.zig.zon" or "all"."""
 
-    origin: str  # "treeseed.toml", "build.zig.zon" or "all"
-    keep: Callable[[str], bool]
-    manifest: Manifest | None = None
+    __slots__ = ("origin", "keep", "manifest")
+
+    def __init__(self, origin: str, keep: Callable[[str], bool], manifest: Manifest | None = None) -> None:
+        self.origin = origin
+        self.keep = keep
+        self.manifest = manifest
 
     def __call__(self, path: str) -> bool:
         return self.keep(path)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from zlib import adler32
 
 from .errors import UnpackError
+from .record import Record
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -51,16 +51,21 @@ SPARSE = "GNU.sparse"  # any GNU.sparse.* record is kept under this one key: spa
 _PAX_LENGTH = re.compile(rb"([0-9]{1,8}) ")  # a record's length; MAX_META has 7 digits
 
 
-@dataclass
-class Member:
-    """One archive entry after long names and PAX records are applied."""
+class Member(Record):
+    """One archive entry after long names and PAX records are applied: ``kind`` is file, dir,
+    symlink, hardlink, chardev, blockdev or fifo; ``offset`` is where the header started, for
+    error messages."""
 
-    name: str
-    kind: str  # file, dir, symlink, hardlink, chardev, blockdev, fifo
-    mode: int
-    size: int
-    linkname: str
-    offset: int  # where the header started, for error messages
+    __slots__ = ("name", "kind", "mode", "size", "linkname", "offset")
+
+    def __init__(self, name: str, kind: str, mode: int, size: int, linkname: str,
+                 offset: int) -> None:
+        self.name = name
+        self.kind = kind
+        self.mode = mode
+        self.size = size
+        self.linkname = linkname
+        self.offset = offset
 
 
 class TarReader:

@@ -31,13 +31,13 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import BadPackage, UnpackError
 from .hashing.bt2 import BLOCK_SIZE, FileDigest, MerkleHasher, digest_block
 from .package import Entry, check_path
+from .record import FrozenRecord, Record
 from .tar import MAX_META_TOTAL, TarReader
 
 CHUNK = 1 << 20
@@ -47,8 +47,7 @@ DEFAULT_MAX_ENTRIES = 2_000_000
 _QUEUE_DEPTH = 16
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(FrozenRecord):
     """How much an archive may expand to; beyond it the archive is rejected as a bomb.
 
     ``max_entries`` counts every entry offered (repeats included) and, in a tar, every header
@@ -56,9 +55,14 @@ class Limits:
     data over the whole archive. Both keep the work an archive can cause linear in its size.
     """
 
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_entries: int = DEFAULT_MAX_ENTRIES
-    max_meta_bytes: int = MAX_META_TOTAL
+    __slots__ = ("max_bytes", "max_entries", "max_meta_bytes")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_meta_bytes: int = MAX_META_TOTAL) -> None:
+        _set = object.__setattr__
+        _set(self, "max_bytes", max_bytes)
+        _set(self, "max_entries", max_entries)
+        _set(self, "max_meta_bytes", max_meta_bytes)
 
     @classmethod
     def from_env(cls, max_bytes: int | None = None) -> Limits:
@@ -81,19 +85,27 @@ def parse_size(text: str) -> int:
         raise UnpackError("size limit", text, "not a size (examples: 500M, 16G)") from None
 
 
-@dataclass
-class Unpacked:
-    """What an unpack produced: the package root and every entry with its bt2 file digest."""
+class Unpacked(Record):
+    """What an unpack produced: the package root and every entry with its bt2 file digest.
 
-    root: Path
-    entries: list[Entry]
-    digests: dict[str, FileDigest]
-    specials: dict[str, str] = field(default_factory=dict)  # path -> "a fifo", ... (not created)
-    #: Every directory created below ``root`` (relative paths), so the tree can be sealed
-    #: without a walk (:func:`treeseed.assemble.seal_dirs`); some may be gone after the rules.
-    dirs: list[str] = field(default_factory=list)
-    archive_sha256: str | None = None
-    archive_bytes: int = 0
+    ``specials`` maps path -> "a fifo", ... (entries not created). ``dirs`` is every directory
+    created below ``root`` (relative paths), so the tree can be sealed without a walk
+    (:func:`treeseed.assemble.seal_dirs`); some may be gone after the rules.
+    """
+
+    __slots__ = ("root", "entries", "digests", "specials", "dirs", "archive_sha256",
+                 "archive_bytes")
+
+    def __init__(self, root: Path, entries: list[Entry], digests: dict[str, FileDigest],
+                 specials: dict[str, str] | None = None, dirs: list[str] | None = None,
+                 archive_sha256: str | None = None, archive_bytes: int = 0) -> None:
+        self.root = root
+        self.entries = entries
+        self.digests = digests
+        self.specials = {} if specials is None else specials
+        self.dirs = [] if dirs is None else dirs
+        self.archive_sha256 = archive_sha256
+        self.archive_bytes = archive_bytes
 
 
 # --------------------------------------------------------------------------- format detection

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def cmd_cache_list(args: argparse.Namespace) -> int:
     packages = open_cache(args).list()
     if args.json:
-        print(json.dumps([p.__dict__ for p in packages], indent=2))
+        print(json.dumps([p.as_dict() for p in packages], indent=2))
         return 0
     for p in packages:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.last_used))

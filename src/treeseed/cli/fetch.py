@@ -67,7 +67,6 @@ def display(args: argparse.Namespace, name: str | None = None):  # type: ignore[
 def cmd_fetch(args: argparse.Namespace) -> int:
     if args.url is None:
         return cmd_fetch_dependencies(args)
-    from ..fetch import fetch
     from ..ids import is_bt2
 
     alias = None if args.url.startswith("ipfs://") else _other_hash(args.url)
@@ -80,14 +79,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     else:
         if is_offline(args) and not (args.expected and open_cache(args).has(args.expected)):
             refuse_network(args.url)
-        if args.expected:
-            result = _fetch_pinned(args)
-        else:
-            # Without --max-size the fetcher reads TREESEED_MAX_UNPACK_SIZE itself: this process
-            # then never imports the unpacker, which only the fetcher (a fork of it) runs.
-            limits = limits_for(args) if args.max_size else None
-            with display(args) as progress:
-                result = fetch(args.url, open_cache(args), None, args.formats, limits, progress)
+        result = _fetch_pinned(args) if args.expected else _fetch_url(args)
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     elif not is_quiet(args):
@@ -96,6 +88,24 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             if fmt in result.formats:
                 print(f"{fmt}\t{result.formats[fmt]}")
     return 0
+
+
+def _fetch_url(args: argparse.Namespace):
+    """``treeseed fetch URL``: from that URL alone. Its fetcher is forked first, to import
+    the pipeline on the other core while this process opens the cache (:mod:`treeseed.forking`).
+    Without --max-size the fetcher reads TREESEED_MAX_UNPACK_SIZE itself: this process then
+    never imports the unpacker, which only the fetcher runs."""
+    from ..forking import discard_spare, fork_spare
+
+    fork_spare(args.url)
+    try:
+        from ..fetch import fetch
+
+        limits = limits_for(args) if args.max_size else None
+        with display(args) as progress:
+            return fetch(args.url, open_cache(args), None, args.formats, limits, progress)
+    finally:
+        discard_spare()
 
 
 def _fetch_pinned(args: argparse.Namespace):

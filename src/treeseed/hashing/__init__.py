@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,7 +127,9 @@ def hash_files(
     if workers == 1 or len(jobs) < 2:
         for job in jobs:
             run(job)
-    else:
+    else:  # imported here: concurrent.futures imports logging, ~4 ms of every fetcher's start
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="treeseed-hash") as pool:
             for _ in pool.map(run, jobs, chunksize=16):
                 pass

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from ..ids import PREFIX, hex_of, is_bt2  # noqa: F401  (re-exported: callers use bt2.is_bt2)
 from ..package import Entry, resolve_link
+from ..record import FrozenRecord
 from .bencode import Bencodable, bencode
 
 BLOCK_SIZE = 16 * 1024
@@ -46,17 +46,21 @@ _ZERO_AT = _zero_hashes(64)
 _PIECE_LEVEL = BLOCKS_PER_PIECE.bit_length() - 1  # 16 leaves per piece: level 4
 
 
-@dataclass(frozen=True, slots=True)
-class FileDigest:
+class FileDigest(FrozenRecord):
     """A file's merkle summary: its pieces root, for multi-piece files its piece layer, and
     every 16 KiB block hash (``leaves``, kept for multi-block files: a seeder that holds them
     can answer BEP 52 hash requests, which is how a downloader tells which peer sent a bad
     block). The leaves cost 32 bytes per 16 KiB, 0.2% of the file."""
 
-    size: int
-    root: bytes | None
-    piece_layer: bytes = b""
-    leaves: bytes = b""
+    __slots__ = ("size", "root", "piece_layer", "leaves")
+
+    def __init__(self, size: int, root: bytes | None, piece_layer: bytes = b"",
+                 leaves: bytes = b"") -> None:
+        _set = object.__setattr__
+        _set(self, "size", size)
+        _set(self, "root", root)
+        _set(self, "piece_layer", piece_layer)
+        _set(self, "leaves", leaves)
 
 
 class MerkleHasher:
