@@ -569,3 +569,34 @@ def test_gc_keeps_packages_a_cached_dependency_fetch_used(tmp_path: Path, cache_
     gc = run_cli("cache", "gc", "--older-than", "30d", cache=cache_dir)
     assert h not in gc.stdout
     assert (cache_dir / "p" / h).is_dir()
+
+
+def test_a_fresh_index_opened_by_many_threads_at_once(tmp_path: Path) -> None:
+    """A project's fetch threads each open the index of a new cache at the same moment: none
+    of them may find it 'locked'. Unserialised, two connections setting it up (WAL, schema)
+    deadlock inside SQLite, which fails one at once (seen here in about 1 trial in 25)."""
+    import threading
+
+    from treeseed.errors import CacheError
+
+    failures: list[CacheError] = []
+    for trial in range(200):
+        root = tmp_path / f"cache{trial}"
+        start = threading.Barrier(6)
+
+        def open_index(root: Path = root, start: threading.Barrier = start) -> None:
+            cache = Cache(root)
+            start.wait()
+            try:
+                cache.db.execute("SELECT count(*) FROM packages").fetchone()
+            except CacheError as exc:
+                failures.append(exc)
+            finally:
+                cache.close()
+
+        threads = [threading.Thread(target=open_index) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

@@ -246,15 +246,31 @@ class Cache:
         if self._db is None:
             self._ensure_dirs()
             try:
-                db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
+                with self._index_setup():
+                    db = sqlite3.connect(self.root / "index.sqlite", timeout=60,
+                                         isolation_level=None)
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.executescript(_SCHEMA)
             except sqlite3.Error as exc:
                 raise CacheError(f"cache index {self.root / 'index.sqlite'} is unusable ({exc}); "
                                  "it holds only derived data: delete it and it is rebuilt") from None
             self._db = db
         return self._db
+
+    @contextlib.contextmanager
+    def _index_setup(self) -> Iterator[None]:
+        """One connection at a time sets the index up (journal mode, schema), across threads
+        and processes. Two connections doing it at once can deadlock inside SQLite (one holds
+        a read lock while the other waits to switch the journal to WAL), and SQLite breaks
+        that by failing one at once, busy timeout or not: a fresh cache opened by the fetch
+        threads of a project saw 'database is locked'."""
+        fd = os.open(self.locks_dir / "index.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._db is not None:
