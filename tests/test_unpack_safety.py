@@ -1111,3 +1111,52 @@ def test_multi_member_streams(tmp_path: Path, kind: str) -> None:
     proc = run(tmp_path / "cache", "hash", str(multi))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == single
+
+
+GZ_STREAMS = {
+    "members": lambda raw: MULTI["gz"](_split(raw, 5)),
+    "members-padded": lambda raw: MULTI["gz-padded"](_split(raw, 5)),
+    "truncated": lambda raw: gzip.compress(raw)[: len(gzip.compress(raw)) // 2],
+    "trailer-cut": lambda raw: gzip.compress(raw)[:-3],
+    "trailing-garbage": lambda raw: gzip.compress(raw) + b"garbage after the gzip member",
+    "corrupt": lambda raw: _flip_middle(gzip.compress(raw, compresslevel=1)),
+}
+
+
+def _flip_middle(data: bytes) -> bytes:
+    out = bytearray(data)
+    for i in range(len(out) // 2, len(out) // 2 + 16):
+        out[i] ^= 0x55
+    return bytes(out)
+
+
+def _inflate_all(data: bytes, inflater: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:
+    """What the unpacker's gzip reading makes of ``data``: ("ok", bytes) or ("error", message)."""
+    from treeseed import unpack
+
+    if inflater == "zlib":
+        monkeypatch.setitem(sys.modules, "isal", None)  # the fallback where isal has no wheel
+    else:
+        pytest.importorskip("isal")
+    try:
+        return "ok", b"".join(unpack._decompress(io.BytesIO(data), "gz", "x.tar.gz", lambda c: None))
+    except UnpackError as exc:
+        return "error", exc.problem.encode()
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("stream", sorted(GZ_STREAMS))
+def test_isal_inflates_as_zlib_does(stream: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISA-L (python-isal, where its wheel exists) and zlib (elsewhere) give the same bytes for
+    every gzip stream and refuse the same broken ones, with the same words."""
+    raw = tar_bytes(GOOD_TAR + [member("pkg/blob", os.urandom(3 * MiB))])
+    data = GZ_STREAMS[stream](raw)
+    by_isal = _inflate_all(data, "isal", monkeypatch)
+    by_zlib = _inflate_all(data, "zlib", monkeypatch)
+    assert by_isal[0] == by_zlib[0], (by_isal[0], by_isal[1][:200], by_zlib[1][:200])
+    if by_zlib[0] == "ok":
+        assert by_isal[1] == by_zlib[1] and by_zlib[1].startswith(raw)
+    else:
+        assert by_isal[1].split(b":")[0] == by_zlib[1].split(b":")[0]
+    assert by_zlib[0] == ("ok" if stream.startswith("members") else "error")

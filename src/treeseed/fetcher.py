@@ -127,6 +127,10 @@ def preload(url: str) -> None:
     from .schemes import SCHEMES, scheme_name
     from .swarm import torrents  # noqa: F401
 
+    try:
+        from isal import isal_zlib  # noqa: F401  (gzip's inflater, which unpack imports where used)
+    except ImportError:
+        pass
     scheme = SCHEMES.get(scheme_name(url))
     if scheme is not None:
         importlib.import_module(f".sources.{scheme.module}", __package__)
