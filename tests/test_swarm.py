@@ -840,3 +840,17 @@ def test_stats_add_what_a_download_uploaded_before_the_package_was_seeded(tmp_pa
     assert [(s.hash, s.uploaded, s.peers) for s in store.all()] == [
         ("bt2-b", 400, 1), ("bt2-a", 170, 2)]
     store.close()
+
+
+def test_a_downloader_asks_the_dht_again_while_it_has_no_peer() -> None:
+    """libtorrent skips a torrent's first DHT announce when the session's DHT is not running
+    yet (a loaded machine: test_private saw a lookup never sent), then waits 15 minutes. A
+    downloader with no peer asks again 1 s in, then after pauses doubling to a minute; a peer
+    stops it."""
+    from treeseed.swarm.session import DhtLookups
+
+    lookups = DhtLookups(now=100.0)
+    asked = [t for t in (x / 10 for x in range(1000, 1000 + 10 * 200)) if lookups.due(t, peers=0)]
+    assert [round(t - 100.0, 1) for t in asked] == [1.0, 3.0, 7.0, 15.0, 31.0, 63.0, 123.0, 183.0]
+    busy = DhtLookups(now=0.0)
+    assert not any(busy.due(t / 10, peers=1) for t in range(0, 2000))

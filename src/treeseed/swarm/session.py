@@ -155,6 +155,34 @@ class Progress:
     origin: str = ""
 
 
+class DhtLookups:
+    """When a downloader asks the DHT for peers again.
+
+    libtorrent announces a torrent to the DHT when it is added, but only if the session's DHT
+    is running by then, and a session made for one download adds its torrent at once: on a
+    loaded machine the DHT often starts a moment later, and that announce is skipped. The
+    next would come after ``dht_announce_interval`` (15 minutes). So while it has no peer, a
+    downloader asks again ``FIRST`` seconds in, then after pauses that double up to ``LAST``.
+    A lookup is never wasted on an empty routing table: libtorrent starts it from the
+    bootstrap nodes, which never enter the table (so its node count says nothing here).
+    """
+
+    FIRST = 1.0
+    LAST = 60.0
+
+    def __init__(self, now: float) -> None:
+        self._pause = self.FIRST
+        self._next = now + self.FIRST
+
+    def due(self, now: float, peers: int) -> bool:
+        """Whether to force a DHT announce now, given the peers connected."""
+        if peers or now < self._next:
+            return False
+        self._pause = min(self._pause * 2, self.LAST)
+        self._next = now + self._pause
+        return True
+
+
 class Swarm:
     """A libtorrent session plus the packages it seeds. Thread-safe for the calls below."""
 
@@ -431,9 +459,10 @@ class Swarm:
     def _wait(self, handle: lt.torrent_handle, package_hash: str,
               progress: Callable[[Progress], None] | None, cancel: threading.Event | None,
               stall: float) -> None:
-        """Poll until the download is complete; force a DHT announce once the routing table
-        has nodes (the announce made when the torrent was added went to an empty table)."""
-        last_done, last_change, announced = -1, time.monotonic(), False
+        """Poll until the download is complete, asking the DHT for peers again while there
+        are none (:class:`DhtLookups`)."""
+        last_done, last_change = -1, time.monotonic()
+        lookups = DhtLookups(last_change) if self.settings.dht else None
         state = Progress()
         while True:
             if cancel is not None and cancel.is_set():
@@ -443,11 +472,10 @@ class Swarm:
                 raise FetchError(f"swarm download of {package_hash} failed: {st.errc.message()}")
             if st.is_seeding or (st.has_metadata and st.is_finished and st.total_wanted_done == st.total_wanted):
                 return
-            if not announced and self.settings.dht and self.counters(1.0).get("dht.dht_nodes", 0):
-                handle.force_dht_announce()
-                announced = True
             done = st.total_wanted_done if st.has_metadata else 0
             now = time.monotonic()
+            if lookups is not None and lookups.due(now, st.num_peers):
+                handle.force_dht_announce()
             if done != last_done or st.num_peers != state.peers:
                 last_done, last_change = done, now
             elif now - last_change > stall:
