@@ -129,6 +129,17 @@ def start_fetch(project: Path, cache: Path, trickle: TrickleServer,
     return proc
 
 
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+EACH_SIGNAL = pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                                      ids=["SIGINT", "SIGTERM"])
+
+
+def interrupted_line(sig: int) -> str:
+    """The one line treeseed prints on stderr when ``sig`` stops its fetches."""
+    return (f"treeseed: interrupted by {signal.Signals(sig).name}; the fetches in progress were "
+            "stopped and their partial downloads removed")
+
+
 @contextlib.contextmanager
 def killed_at_the_end(proc: subprocess.Popen[str]) -> Iterator[None]:
     """Whatever happens in the block, no treeseed process outlives the test."""
@@ -146,9 +157,8 @@ def signal_and_wait(proc: subprocess.Popen[str], sig: int) -> tuple[str, str]:
     return proc.communicate(timeout=BOUND)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
+@LINUX_ONLY
+@EACH_SIGNAL
 def test_signal_stops_every_fetch_and_leaves_nothing(tmp_path: Path, cache_dir: Path,
                                                       trickle: TrickleServer, sig: int,
                                                       status: int) -> None:
@@ -161,16 +171,14 @@ def test_signal_stops_every_fetch_and_leaves_nothing(tmp_path: Path, cache_dir: 
         assert len(fetchers) == len(DEPENDENCIES), fetchers
         out, err = signal_and_wait(proc, sig)
     assert proc.returncode == status, err
-    name = signal.Signals(sig).name
-    assert err.splitlines() == [f"treeseed: interrupted by {name}; the fetches in progress were "
-                                "stopped and their partial downloads removed"], err
+    assert err.splitlines() == [interrupted_line(sig)], err
     assert out == ""
     assert list((cache_dir / "tmp").glob("w-*")) == []
     assert [pid for pid in fetchers if alive(pid)] == []
     assert not (cache_dir / "p").exists() or list((cache_dir / "p").iterdir()) == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@LINUX_ONLY
 def test_interrupt_with_json_prints_an_error_object(tmp_path: Path, cache_dir: Path,
                                                      trickle: TrickleServer) -> None:
     """A tool running ``treeseed fetch --json`` learns of the interrupt on stdout too."""
@@ -182,7 +190,7 @@ def test_interrupt_with_json_prints_an_error_object(tmp_path: Path, cache_dir: P
     assert got["what"] == "SIGINT" and got["error"].startswith("interrupted by SIGINT")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@LINUX_ONLY
 def test_signal_stops_the_swarm_side_too(tmp_path: Path, cache_dir: Path,
                                          trickle: TrickleServer) -> None:
     """With torrenting on, each dependency races a swarm download (which waits on its stall
@@ -207,9 +215,8 @@ def test_signal_stops_the_swarm_side_too(tmp_path: Path, cache_dir: Path,
     assert list((cache_dir / "tmp").glob("w-*")) == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
+@LINUX_ONLY
+@EACH_SIGNAL
 def test_signal_stops_a_single_fetch_run_by_the_spare(tmp_path: Path, cache_dir: Path,
                                                       trickle: TrickleServer, sig: int,
                                                       status: int) -> None:
@@ -227,8 +234,6 @@ def test_signal_stops_a_single_fetch_run_by_the_spare(tmp_path: Path, cache_dir:
         assert len(list((cache_dir / "tmp").glob("w-*"))) == 1
         out, err = signal_and_wait(proc, sig)
     assert proc.returncode == status, err
-    assert err.splitlines() == [f"treeseed: interrupted by {signal.Signals(sig).name}; the "
-                                "fetches in progress were stopped and their partial downloads "
-                                "removed"], err
+    assert err.splitlines() == [interrupted_line(sig)], err
     assert list((cache_dir / "tmp").glob("w-*")) == []
     assert [pid for pid in fetchers if alive(pid)] == []

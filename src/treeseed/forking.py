@@ -165,11 +165,11 @@ def _flush_std() -> None:
 
 
 def _leave(status: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001, S110
-            pass
+    """The child's only way out: flush what it wrote, then ``os._exit`` whatever happens."""
+    try:
+        _flush_std()
+    except BaseException:  # noqa: BLE001, S110  (an interrupt mid-flush: leave all the same)
+        pass
     os._exit(status)
 
 
@@ -332,11 +332,7 @@ def preload_pipeline() -> None:
         return
     from . import fetcher
 
-    fetcher.preload("https://")
-    try:
-        import urllib3  # noqa: F401  (the http source imports it where used)
-    except ImportError:
-        pass
+    fetcher.preload("https://")  # the http source, urllib3 with it
 
 
 def _fd_limit() -> int:
